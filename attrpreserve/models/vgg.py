@@ -1,0 +1,183 @@
+"""VGG teachers and width-reduced students with named attribution layers.
+
+Module names follow torchvision's ``vgg16_bn`` (``features.N``, ``classifier``), so an ImageNet
+state-dict file for ``vgg16_bn`` loads into ``vgg16(weights=PATH)`` with the head replaced.
+ReLUs are built with ``inplace=False`` so a captured activation is never overwritten, and so
+captum/zennit hooks see distinct tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from attrpreserve.models.weights import load_weights
+
+# Layer plans: an int is a 3x3 conv (+BN) + ReLU with that many channels, "M" a 2x2 max-pool.
+CONFIGS: dict[str, list[int | str]] = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    # Three conv blocks for 64 px CPU runs: pool output 8x8, last conv ReLU 16x16.
+    "vgg_small": [32, "M", 64, "M", 128, 128, "M"],
+}
+# Spatial size the classifier head sees (AdaptiveAvgPool2d target): 7 for VGG16 (224/227 px),
+# 8 for vgg_small (64 px). At the native input size the pool is an identity.
+POOL_SIZE = {"vgg16": 7, "vgg_small": 8}
+WIDTH_DIVISORS = (1, 2, 4, 8)
+
+
+class VGG(nn.Module):
+    """VGG with the paper's multi-label head: ``Dropout + Linear(C*s*s -> num_classes)``.
+
+    Args:
+        arch: ``"vgg16"`` (the paper's teacher) or ``"vgg_small"`` (CPU variant, 64 px input).
+        num_classes: outputs of the head (20 for VOC).
+        width_divisor: every channel count divided by this (1, 2, 4 or 8: the paper's students).
+        batch_norm: BatchNorm after every conv (VGG16-BN, the paper's teacher).
+        dropout: dropout probability before the last Linear.
+        weights: local path to a state-dict file (torchvision ``vgg16_bn`` ImageNet weights, a
+            plain ``state_dict`` or one of our Lightning checkpoints). Never downloaded.
+
+    Attributes:
+        feature_info: one entry per named attribution layer: ``name`` (``conv1_1`` ... ``pool5``),
+            ``module`` (dotted module name), ``num_chs`` and ``reduction`` (input stride).
+        attribution_layers: alias -> dotted module name; ``pool5`` and ``conv5_3`` always name
+            the last max-pool and the last conv's ReLU, whatever the depth.
+        default_attribution_layer: ``"pool5"``, where the paper matches maps.
+        config: the constructor arguments (minus ``weights``), enough to rebuild the model.
+
+    Raises:
+        ValueError: unknown ``arch``, ``width_divisor`` not in (1, 2, 4, 8), ``num_classes`` < 1.
+        FileNotFoundError: ``weights`` names a missing file.
+
+    Example:
+        >>> model = VGG("vgg_small", num_classes=5, width_divisor=4)
+        >>> model(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 5])
+        >>> model.attribution_layers["pool5"], model.attribution_layers["conv5_3"]
+        ('features.10', 'features.9')
+    """
+
+    default_attribution_layer = "pool5"
+
+    def __init__(
+        self,
+        arch: str = "vgg16",
+        num_classes: int = 20,
+        width_divisor: int = 1,
+        batch_norm: bool = True,
+        dropout: float = 0.5,
+        weights: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        if arch not in CONFIGS:
+            raise ValueError(f"Expected argument `arch` to be one of {sorted(CONFIGS)}, but got {arch!r}.")
+        if width_divisor not in WIDTH_DIVISORS:
+            raise ValueError(
+                f"Expected argument `width_divisor` to be one of {WIDTH_DIVISORS}, but got {width_divisor!r}."
+            )
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"Expected argument `num_classes` to be a positive int, but got {num_classes!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Expected argument `dropout` to be in [0, 1), but got {dropout!r}.")
+        self.arch = arch
+        self.num_classes = num_classes
+        self.config: dict[str, Any] = {
+            "arch": arch,
+            "num_classes": num_classes,
+            "width_divisor": width_divisor,
+            "batch_norm": batch_norm,
+            "dropout": dropout,
+        }
+        self.features, self.feature_info = _make_features(CONFIGS[arch], width_divisor, batch_norm)
+        channels = self.feature_info[-1]["num_chs"]
+        pool = POOL_SIZE[arch]
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * pool * pool, num_classes))
+        self.attribution_layers: dict[str, str] = {info["name"]: info["module"] for info in self.feature_info}
+        convs = [info for info in self.feature_info if info["name"].startswith("conv")]
+        self.attribution_layers["conv5_3"] = convs[-1]["module"]
+        self.attribution_layers["pool5"] = self.feature_info[-1]["module"]
+        self._init_weights()
+        if weights is not None:
+            load_weights(self, weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        return self.classifier(torch.flatten(x, 1))
+
+    def _init_weights(self) -> None:
+        # torchvision's VGG initialisation, so students start as the paper's do.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def _make_features(plan: list[int | str], divisor: int, batch_norm: bool) -> tuple[nn.Sequential, list[dict]]:
+    layers: list[nn.Module] = []
+    info: list[dict] = []
+    in_ch, block, conv_in_block, reduction = 3, 1, 0, 1
+    for item in plan:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            reduction *= 2
+            info.append({"name": f"pool{block}", "module": f"features.{len(layers) - 1}",
+                         "num_chs": in_ch, "reduction": reduction})
+            block, conv_in_block = block + 1, 0
+            continue
+        out_ch = int(item) // divisor
+        layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_ch))
+        layers.append(nn.ReLU(inplace=False))
+        conv_in_block += 1
+        info.append({"name": f"conv{block}_{conv_in_block}", "module": f"features.{len(layers) - 1}",
+                     "num_chs": out_ch, "reduction": reduction})
+        in_ch = out_ch
+    return nn.Sequential(*layers), info
+
+
+def vgg16(
+    num_classes: int = 20,
+    width_divisor: int = 1,
+    batch_norm: bool = True,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> VGG:
+    """VGG16(-BN) teacher (``width_divisor=1``) or the paper's students VGG16/2, /4, /8.
+
+    Parameter counts at 20 classes: 15.2M, 3.9M, 1.0M, 0.29M.
+
+    Example:
+        >>> sum(p.numel() for p in vgg16(width_divisor=8).parameters())
+        294364
+    """
+    return VGG("vgg16", num_classes=num_classes, width_divisor=width_divisor,
+               batch_norm=batch_norm, weights=weights, **kwargs)
+
+
+def vgg_small(
+    num_classes: int = 20,
+    width_divisor: int = 1,
+    batch_norm: bool = True,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> VGG:
+    """A three-block VGG-BN for 64 px CPU runs (tests, quickstart); same naming as ``vgg16``.
+
+    Example:
+        >>> vgg_small(num_classes=4)(torch.zeros(1, 3, 64, 64)).shape
+        torch.Size([1, 4])
+    """
+    return VGG("vgg_small", num_classes=num_classes, width_divisor=width_divisor,
+               batch_norm=batch_norm, weights=weights, **kwargs)

@@ -1,0 +1,98 @@
+"""Load a local weights file into a model: torchvision state dicts or our checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Prefixes under which our Lightning modules store a network, in order of preference:
+# TeacherModule keeps `model.`, DistillationModule `student.` (the compressed network).
+CHECKPOINT_PREFIXES = ("model.", "student.")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read, or that holds another architecture."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a file into a flat state dict (unwrapping Lightning checkpoints).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: the file is truncated, not a torch file, or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Weights file not found: {str(path)!r}. Pass a local path; nothing is downloaded.")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # Lightning checkpoints may pickle hyper-parameters that weights_only refuses.
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, foreign format, ...
+        raise CheckpointError(
+            f"Could not read weights file {str(path)!r} ({type(err).__name__}: {err}). Expected a torch state-dict "
+            "file or an attrpreserve Lightning checkpoint; the file may be truncated."
+        ) from err
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"Weights file {str(path)!r} holds {type(obj).__name__}, expected a state dict (name -> tensor) "
+            "or a Lightning checkpoint with a 'state_dict'."
+        )
+    return obj
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+    if any(k in model_keys for k in state):
+        return state
+    for prefix in CHECKPOINT_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return state
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load ``path`` into ``model`` in place: the body strictly, the head only if it fits.
+
+    The body (every key outside ``classifier.``) must match in names and shapes. The head is
+    loaded only when all its keys match, so an ImageNet ``vgg16_bn`` file (1000-way, 3-layer
+    head) gives a new 20-way head, as in the paper.
+
+    Raises:
+        FileNotFoundError: missing file.
+        CheckpointError: unreadable file, or a body of another architecture or width.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    state = _strip_prefix(state, set(own))
+    body = {k: v for k, v in own.items() if not k.startswith("classifier.")}
+    missing = [k for k in body if k not in state]
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in body.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or wrong:
+        config = getattr(model, "config", {})
+        detail = []
+        if wrong:
+            detail.append("shape mismatch " + ", ".join(f"{k}: file {a} vs model {b}" for k, a, b in wrong[:3]))
+        if missing:
+            detail.append(f"{len(missing)} layer(s) missing, first {missing[0]!r}")
+        raise CheckpointError(
+            f"Weights file {str(path)!r} does not fit the model {config or type(model).__name__}: "
+            + "; ".join(detail)
+            + ". Check the architecture (`arch`), `width_divisor` and `batch_norm` the file was trained with."
+        )
+    head = {k: v for k, v in own.items() if k.startswith("classifier.")}
+    head_fits = all(k in state and state[k].shape == v.shape for k, v in head.items())
+    new = {k: state[k] for k in body}
+    if head_fits:
+        new.update({k: state[k] for k in head})
+    model.load_state_dict({**own, **new})
+    return model
