@@ -20,7 +20,7 @@ def resolve_layer_name(model: nn.Module, layer: str | None) -> str:
     Example:
         >>> from attrpreserve.models import vgg_small
         >>> resolve_layer_name(vgg_small(), "pool5")
-        'features.10'
+        'features.14'
     """
     aliases = layer_names(model)
     if layer is None:

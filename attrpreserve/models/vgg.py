@@ -57,7 +57,7 @@ class VGG(nn.Module):
         >>> model(torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 5])
         >>> model.attribution_layers["pool5"], model.attribution_layers["conv5_3"]
-        ('features.10', 'features.9')
+        ('features.14', 'features.13')
     """
 
     default_attribution_layer = "pool5"

@@ -1,0 +1,18 @@
+"""Attribution maps: differentiable training-time maps (ours) and evaluation methods (libraries')."""
+
+from attrpreserve.attribution.capture import capture_features
+from attrpreserve.attribution.maps import (
+    channel_keep_mask,
+    channel_weights,
+    ewa_map,
+    feature_grads,
+    sswa_map,
+    swa_map,
+    target_scores,
+)
+from attrpreserve.losses import matching_loss
+
+__all__ = [
+    "capture_features", "channel_keep_mask", "channel_weights", "ewa_map", "feature_grads",
+    "matching_loss", "sswa_map", "swa_map", "target_scores",
+]

@@ -1,0 +1,332 @@
+"""LightningModules: :class:`TeacherModule` trains a network, :class:`DistillationModule`
+compresses it into a student with KD and any registered loss terms (matching, ...).
+
+Neither holds matching or pruning logic: callbacks plug in through :mod:`attrpreserve.terms`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attrpreserve.attribution.capture import capture_features
+from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
+from attrpreserve.metrics import classification_metrics
+from attrpreserve.models import build_from_spec, model_spec
+from attrpreserve.terms import ForwardResult, LossTerm
+
+TASKS = ("multilabel", "multiclass")
+KD_MODES = ("multilabel", "softmax", None)
+
+
+def _as_model(model: nn.Module | dict[str, Any], argument: str) -> nn.Module:
+    # A dict is the spec saved in a checkpoint's hparams: rebuild, weights come from state_dict.
+    if isinstance(model, nn.Module):
+        return model
+    if isinstance(model, dict) and "arch" in model:
+        return build_from_spec(model)
+    raise ValueError(
+        f"Expected argument `{argument}` to be an nn.Module or a model spec dict with 'arch', but got "
+        f"{type(model).__name__}."
+    )
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if n is not None:
+        return int(n)
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
+
+
+class _ClassifierModule(pl.LightningModule):
+    """Shared optimiser, task loss and metrics of the teacher and distillation modules."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        task: str,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        nesterov: bool,
+        milestones: Sequence[int],
+        gamma: float,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"Expected argument `task` to be one of {TASKS}, but got {task!r}.")
+        if not lr > 0:
+            raise ValueError(f"Expected argument `lr` to be > 0, but got {lr!r}.")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"Expected argument `momentum` to be in [0, 1), but got {momentum!r}.")
+        if weight_decay < 0:
+            raise ValueError(f"Expected argument `weight_decay` to be >= 0, but got {weight_decay!r}.")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"Expected argument `gamma` to be in (0, 1], but got {gamma!r}.")
+        if list(milestones) != sorted(milestones) or any(m < 1 for m in milestones):
+            raise ValueError(
+                f"Expected argument `milestones` to be increasing positive epochs, but got {list(milestones)!r}."
+            )
+        self.task = task
+        self.num_classes = num_classes
+        self.val_metrics = classification_metrics(num_classes, prefix="val/")
+        self.test_metrics = classification_metrics(num_classes, prefix="test/")
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters the optimiser updates (overridden: the student's only)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.SGD(
+            self.trainable_parameters(), lr=hp.lr, momentum=hp.momentum,
+            weight_decay=hp.weight_decay, nesterov=hp.nesterov,
+        )
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hp.milestones), gamma=hp.gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels.argmax(dim=1))
+
+    def _update_metrics(self, stage: str, logits: Tensor, labels: Tensor) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(torch.sigmoid(logits.detach().float()), labels.long())
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=logits.shape[0])
+
+
+class TeacherModule(_ClassifierModule):
+    """Train a network on labels (the teacher, or a baseline) with the paper's defaults.
+
+    Args:
+        model: the network (``vgg16()``, ``vgg_small()``, any classifier), or the spec dict a
+            checkpoint stores.
+        task: ``"multilabel"`` (BCE, VOC) or ``"multiclass"`` (cross-entropy on argmax labels).
+        lr, momentum, weight_decay, nesterov: SGD (paper: 0.1, 0.9, 1e-4).
+        milestones, gamma: MultiStepLR (paper: x0.1 at epochs 10, 30, 40 of 60).
+
+    Logs ``train/loss``, ``val/loss``, ``val/map`` (per-class VOC mAP), ``val/map_image``
+    (per-image AP, the reference code's "mAP") and ``val/f1`` (probability 0.5).
+
+    Example:
+        >>> from attrpreserve.models import vgg_small
+        >>> module = TeacherModule(vgg_small(num_classes=4))
+        >>> module.hparams.model["arch"], module.hparams.lr
+        ('vgg_small', 0.1)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: str = "multilabel",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        nesterov: bool = False,
+        milestones: Sequence[int] = (10, 30, 40),
+        gamma: float = 0.1,
+    ) -> None:
+        model = _as_model(model, "model")
+        num_classes = _num_classes(model)
+        if num_classes is None:
+            raise ValueError("Expected argument `model` to end in a Linear classifier (no Linear layer found).")
+        super().__init__(num_classes, task, lr, momentum, weight_decay, nesterov, milestones, gamma)
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        # The spec (not the weights) lets load_from_checkpoint rebuild the network.
+        self.hparams["model"] = model_spec(model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["image"])
+        loss = self.task_loss(logits, batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        logits = self.model(batch["image"])
+        self.log(f"{stage}/loss", self.task_loss(logits, batch["labels"]), batch_size=logits.shape[0])
+        self._update_metrics(stage, logits, batch["labels"])
+
+
+class DistillationModule(_ClassifierModule):
+    """Distil a frozen teacher into a student: ``alpha * KD + (1 - alpha) * task + sum(terms)``.
+
+    The teacher is frozen (``requires_grad=False``), kept in eval mode whatever Lightning asks,
+    never given to the optimiser, and stored once (in ``state_dict`` under ``teacher.``; the
+    hparams hold only its spec). Callbacks add loss terms with :meth:`add_loss_term`.
+
+    Args:
+        teacher: trained network (or spec dict, when loading a checkpoint).
+        student: network to train (or spec dict).
+        kd: ``"multilabel"`` (the paper's two-way sigmoid KD), ``"softmax"`` (Hinton KD) or
+            ``None`` (labels only: the pruning fine-tunes).
+        temperature: KD temperature T (paper: 4); the KD term is scaled by T^2.
+        alpha: weight of KD against the task loss (paper: 0.9); ignored when ``kd=None``.
+        task: ``"multilabel"`` (BCE) or ``"multiclass"`` (cross-entropy).
+        lr, momentum, weight_decay, nesterov, milestones, gamma: SGD + MultiStepLR (paper:
+            0.1, 0.9, 1e-4, x0.1 at 150/200/250 of 350 epochs).
+
+    Raises:
+        ValueError: unknown ``kd``/``task``, ``temperature <= 0``, ``alpha`` outside [0, 1],
+            teacher and student with different class counts.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        kd: str | None = "multilabel",
+        temperature: float = 4.0,
+        alpha: float = 0.9,
+        task: str = "multilabel",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        nesterov: bool = False,
+        milestones: Sequence[int] = (150, 200, 250),
+        gamma: float = 0.1,
+    ) -> None:
+        teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
+        if kd not in KD_MODES:
+            raise ValueError(f"Expected argument `kd` to be one of {KD_MODES}, but got {kd!r}.")
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"Expected argument `temperature` to be a finite number > 0, but got {temperature!r}.")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"Expected argument `alpha` to be in [0, 1], but got {alpha!r}.")
+        n_teacher, n_student = _num_classes(teacher), _num_classes(student)
+        if n_teacher != n_student or n_student is None:
+            raise ValueError(
+                f"Expected teacher and student with the same number of classes, but the teacher has {n_teacher} "
+                f"and the student {n_student} (argument `student`)."
+            )
+        super().__init__(n_student, task, lr, momentum, weight_decay, nesterov, milestones, gamma)
+        self.teacher = teacher
+        self.student = student
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.save_hyperparameters(ignore=["teacher", "student"])
+        self.hparams["teacher"] = model_spec(teacher)
+        self.hparams["student"] = model_spec(student)
+        self._terms: dict[str, LossTerm] = {}
+
+    # -- the extension point -------------------------------------------------------------
+    def add_loss_term(self, term: LossTerm) -> None:
+        """Register ``term`` (see :mod:`attrpreserve.terms`); its name must be unique."""
+        if not isinstance(term, LossTerm):
+            raise ValueError(f"Expected a LossTerm (name, weight, layers, __call__), but got {type(term).__name__}.")
+        if term.name in self._terms and self._terms[term.name] is not term:
+            raise ValueError(f"A loss term named {term.name!r} is already registered.")
+        self._terms[term.name] = term
+
+    def remove_loss_term(self, name: str) -> None:
+        self._terms.pop(name, None)
+
+    @property
+    def loss_terms(self) -> dict[str, LossTerm]:
+        return dict(self._terms)
+
+    # -- modes and parameters ------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillationModule:
+        super().train(mode)
+        self.teacher.eval()  # BatchNorm statistics of the teacher never move
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.student(x)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs before the weights load: give the student the checkpoint's structure (pruning
+        # masks as weight_orig/weight_mask, physically removed channels) so the keys fit.
+        from attrpreserve.surgery import restore_structure
+
+        restore_structure(self.student, checkpoint["state_dict"], prefix="student.")
+
+    # -- forward passes ------------------------------------------------------------------
+    def forward_teacher(self, images: Tensor, layers: Sequence[str] = (), grad: bool = False) -> ForwardResult:
+        """Teacher forward capturing ``layers``; with ``grad`` only the head after them is recorded."""
+        cut = grad and bool(layers)
+        context = torch.enable_grad() if cut else torch.no_grad()
+        with context, capture_features(self.teacher, list(layers), cut_graph=cut) as feats:
+            logits = self.teacher(images)
+        return ForwardResult(logits=logits, features=dict(feats), model=self.teacher)
+
+    def forward_student(self, images: Tensor, layers: Sequence[str] = ()) -> ForwardResult:
+        with capture_features(self.student, list(layers)) as feats:
+            logits = self.student(images)
+        return ForwardResult(logits=logits, features=dict(feats), model=self.student)
+
+    def _forward_both(self, batch: dict[str, Tensor]) -> tuple[ForwardResult, ForwardResult]:
+        terms = self._terms.values()
+        t_layers = sorted({layer for t in terms for layer in t.teacher_layers})
+        s_layers = sorted({layer for t in terms for layer in t.student_layers})
+        teacher = self.forward_teacher(batch["image"], t_layers, grad=any(t.teacher_grad for t in terms))
+        student = self.forward_student(batch["image"], s_layers)
+        return teacher, student
+
+    def compute_losses(
+        self, batch: dict[str, Tensor], teacher: ForwardResult, student: ForwardResult
+    ) -> dict[str, Tensor]:
+        """Every loss component by name, plus ``loss`` (their weighted sum)."""
+        labels = batch["labels"]
+        losses: dict[str, Tensor] = {"task": self.task_loss(student.logits, labels)}
+        hp = self.hparams
+        if hp.kd is None:
+            total = losses["task"]
+        else:
+            kd_fn = multilabel_kd_loss if hp.kd == "multilabel" else softmax_kd_loss
+            losses["kd"] = kd_fn(student.logits, teacher.logits.detach(), hp.temperature)
+            total = hp.alpha * losses["kd"] + (1 - hp.alpha) * losses["task"]
+        for name, term in self._terms.items():
+            losses[name] = term(batch, teacher=teacher, student=student)
+            total = total + term.weight * losses[name]
+        losses["loss"] = total
+        return losses
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        teacher, student = self._forward_both(batch)
+        losses = self.compute_losses(batch, teacher, student)
+        size = student.logits.shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=size)
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        # Map terms need gradients; Lightning evaluates under inference mode, so leave it for
+        # this step and work on a normal (non-inference) copy of the images.
+        needs_grad = bool(self._terms)
+        context = torch.inference_mode(False) if needs_grad else nullcontext()
+        with context, (torch.enable_grad() if needs_grad else nullcontext()):
+            if needs_grad:
+                batch = {k: v.clone() if isinstance(v, Tensor) else v for k, v in batch.items()}
+            teacher, student = self._forward_both(batch)
+            losses = self.compute_losses(batch, teacher, student)
+        size = student.logits.shape[0]
+        self.log_dict({f"{stage}/{k}": v.detach() for k, v in losses.items()}, batch_size=size)
+        self._update_metrics(stage, student.logits, batch["labels"])
