@@ -243,6 +243,10 @@ class DistillationModule(_ClassifierModule):
     def loss_terms(self) -> dict[str, LossTerm]:
         return dict(self._terms)
 
+    def teacher_layers(self) -> list[str]:
+        """Teacher layers the registered terms read (what a teacher cache must store)."""
+        return sorted({layer for t in self._terms.values() for layer in t.teacher_layers})
+
     # -- modes and parameters ------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
         super().train(mode)
@@ -271,6 +275,35 @@ class DistillationModule(_ClassifierModule):
             logits = self.teacher(images)
         return ForwardResult(logits=logits, features=dict(feats), model=self.teacher)
 
+    def forward_teacher_cached(
+        self, batch: dict[str, Any], layers: Sequence[str] = (), grad: bool = False
+    ) -> ForwardResult:
+        """Teacher outputs read from a :class:`~attrpreserve.teacher_cache.TeacherCache` batch.
+
+        With ``grad``, the logits are recomputed from the cached features by the teacher's head
+        (``teacher.forward_from``), so the gradient w.r.t. the features is exact.
+        """
+        cached: dict[str, Tensor] = batch["teacher_features"]
+        missing = [layer for layer in layers if layer not in cached]
+        if missing:
+            raise ValueError(
+                f"The teacher cache holds layers {sorted(cached)}, but a loss term needs {missing}: rebuild the "
+                "cache with these layers (the data module's `cache_layers`)."
+            )
+        features = {layer: cached[layer] for layer in layers}
+        if not (grad and layers):
+            return ForwardResult(logits=batch["teacher_logits"], features=features, model=self.teacher)
+        if len(layers) != 1 or not hasattr(self.teacher, "forward_from"):
+            raise ValueError(
+                "Teacher gradients from a cache need one cached layer and a teacher with `forward_from` "
+                f"(got layers {list(layers)} and {type(self.teacher).__name__})."
+            )
+        layer = layers[0]
+        with torch.enable_grad():
+            feature = features[layer].detach().requires_grad_(True)
+            logits = self.teacher.forward_from(layer, feature)
+        return ForwardResult(logits=logits, features={layer: feature}, model=self.teacher)
+
     def forward_student(self, images: Tensor, layers: Sequence[str] = ()) -> ForwardResult:
         with capture_features(self.student, list(layers)) as feats:
             logits = self.student(images)
@@ -280,7 +313,11 @@ class DistillationModule(_ClassifierModule):
         terms = self._terms.values()
         t_layers = sorted({layer for t in terms for layer in t.teacher_layers})
         s_layers = sorted({layer for t in terms for layer in t.student_layers})
-        teacher = self.forward_teacher(batch["image"], t_layers, grad=any(t.teacher_grad for t in terms))
+        grad = any(t.teacher_grad for t in terms)
+        if "teacher_logits" in batch:
+            teacher = self.forward_teacher_cached(batch, t_layers, grad=grad)
+        else:
+            teacher = self.forward_teacher(batch["image"], t_layers, grad=grad)
         student = self.forward_student(batch["image"], s_layers)
         return teacher, student
 

@@ -109,6 +109,33 @@ class VGG(nn.Module):
         x = self.avgpool(x)
         return self.classifier(torch.flatten(x, 1))
 
+    def forward_from(self, layer: str, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the output ``x`` of ``layer`` (runs only the network after it).
+
+        Lets the frozen teacher's head run on cached features: SWA weights for any class are
+        exact without re-running the body.
+
+        Raises:
+            ValueError: ``layer`` is not one of the ``features`` layers.
+
+        Example:
+            >>> net = VGG("vgg_small", num_classes=3, width_divisor=8).eval()
+            >>> images = torch.randn(2, 3, 64, 64)
+            >>> torch.allclose(net.forward_from("pool5", net.features(images)), net(images))
+            True
+        """
+        from attrpreserve.models.layers import resolve_layer_name
+
+        name = resolve_layer_name(self, layer)
+        prefix, _, index = name.partition(".")
+        if prefix != "features" or not index.isdigit():
+            raise ValueError(
+                f"Expected argument `layer` to name a layer inside `features` (e.g. 'pool5'), but got {layer!r}."
+            )
+        for module in list(self.features)[int(index) + 1 :]:
+            x = module(x)
+        return self.classifier(torch.flatten(self.avgpool(x), 1))
+
     def _init_weights(self) -> None:
         # torchvision's VGG initialisation, so students start as the paper's do.
         for m in self.modules():
