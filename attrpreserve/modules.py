@@ -7,8 +7,10 @@ Neither holds matching or pruning logic: callbacks plug in through :mod:`attrpre
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,7 +21,7 @@ from torch import Tensor, nn
 from attrpreserve.attribution.capture import capture_features
 from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
 from attrpreserve.metrics import classification_metrics
-from attrpreserve.models import build_from_spec, model_spec
+from attrpreserve.models import CheckpointError, build_from_spec, model_spec
 from attrpreserve.terms import ForwardResult, LossTerm
 
 TASKS = ("multilabel", "multiclass")
@@ -367,3 +369,54 @@ class DistillationModule(_ClassifierModule):
         size = student.logits.shape[0]
         self.log_dict({f"{stage}/{k}": v.detach() for k, v in losses.items()}, batch_size=size)
         self._update_metrics(stage, student.logits, batch["labels"])
+
+
+def load_module(path: str | os.PathLike) -> TeacherModule | DistillationModule:
+    """Load a TeacherModule or DistillationModule checkpoint, whichever ``path`` holds.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: truncated/foreign file, or weights that do not fit the stored spec.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {str(path)!r}.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"Could not read checkpoint {str(path)!r} ({type(err).__name__}): the file may be truncated. Expected a "
+            "Lightning checkpoint written by `attrpreserve fit`."
+        ) from err
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if isinstance(hparams.get("teacher"), dict) and isinstance(hparams.get("student"), dict):
+        cls: type[pl.LightningModule] = DistillationModule
+    elif isinstance(hparams.get("model"), dict):
+        cls = TeacherModule
+    else:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is not an attrpreserve checkpoint: its hyper_parameters hold no model spec "
+            "('model' for TeacherModule, 'teacher' and 'student' for DistillationModule)."
+        )
+    try:
+        return cls.load_from_checkpoint(path, map_location="cpu")
+    except RuntimeError as err:
+        spec = hparams.get("student", hparams.get("model"))
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not fit the architecture it declares ({spec}): {str(err).splitlines()[0]}"
+        ) from err
+
+
+def load_network(path: str | os.PathLike, role: str = "auto") -> nn.Module:
+    """The network of a checkpoint: ``role="auto"`` gives a DistillationModule's student or a
+    TeacherModule's model; ``"teacher"`` a DistillationModule's teacher. Returned in eval mode."""
+    if role not in ("auto", "student", "teacher", "model"):
+        raise ValueError(f"Expected argument `role` to be auto, student, teacher or model, but got {role!r}.")
+    module = load_module(path)
+    if isinstance(module, DistillationModule):
+        net = module.teacher if role == "teacher" else module.student
+    elif role == "teacher":
+        raise ValueError(f"Checkpoint {str(path)!r} is a TeacherModule: it has no separate teacher (use role='auto').")
+    else:
+        net = module.model
+    return net.eval()

@@ -124,11 +124,12 @@ def test_teacher_forward_records_only_the_head():
 def test_several_terms_active_and_logged():
     module = DistillationModule(_teacher(), _student(), lr=0.01)
     callbacks = [AttributionMatching(mode="ewa", weight=1.0, name="ewa"),
-                 AttributionMatching(mode="swa", weight=1.0, name="swa")]
+                 AttributionMatching(mode="swa", weight=1.0, name="swa"),
+                 AttributionMatching(mode="sswa", weight=1.0, layer="conv5_3", name="sswa")]
     trainer = _trainer(max_steps=2, callbacks=callbacks, limit_val_batches=1)
     trainer.fit(module, _loader(16), _loader(8))
     logged = trainer.logged_metrics
-    for key in ("train/ewa", "train/swa", "train/kd", "train/task", "val/ewa", "val/swa", "val/map"):
+    for key in ("train/ewa", "train/swa", "train/sswa", "train/kd", "train/task", "val/ewa", "val/swa", "val/map"):
         assert key in logged, key
     assert module.loss_terms == {}  # terms removed at teardown
 

@@ -20,9 +20,10 @@ def capture_features(
     Args:
         model: the network; ``forward`` is left untouched (hooks only).
         layers: aliases (``"pool5"``) or dotted module names; keys of the yielded dict.
-        cut_graph: replace each captured output by ``output.detach().requires_grad_()``, so a
-            gradient w.r.t. the feature map can be asked for while nothing before the layer is
-            recorded by autograd (the frozen teacher's forward costs no graph up to the layer).
+        cut_graph: replace the output of the first captured layer to run by
+            ``output.detach().requires_grad_()``, so a gradient w.r.t. any captured feature map
+            can be asked for while nothing before that layer is recorded by autograd (the frozen
+            teacher's forward costs no graph up to it). Later captured layers stay in the graph.
 
     Yields:
         dict layer -> tensor, filled as the forward runs (the last call wins).
@@ -41,10 +42,15 @@ def capture_features(
     names = {layer: resolve_layer_name(model, layer) for layer in layers}
     captured: dict[str, torch.Tensor] = {}
     handles = []
+    state = {"cut": False}
+
+    def reset(_module: nn.Module, _inputs: tuple) -> None:
+        state["cut"] = False
 
     def make_hook(key: str):
         def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor):
-            if cut_graph:
+            if cut_graph and not state["cut"]:
+                state["cut"] = True
                 output = output.detach().requires_grad_(True)
                 captured[key] = output
                 return output
@@ -54,6 +60,7 @@ def capture_features(
         return hook
 
     try:
+        handles.append(model.register_forward_pre_hook(reset))
         for key, name in names.items():
             handles.append(model.get_submodule(name).register_forward_hook(make_hook(key)))
         yield captured

@@ -128,11 +128,16 @@ def target_scores(logits: Tensor, classes: Tensor) -> Tensor:
     return logits.gather(1, classes.view(-1, 1).to(logits.device)).sum()
 
 
-def feature_grads(logits: Tensor, features: Tensor, classes: Tensor, create_graph: bool = False) -> Tensor:
+def feature_grads(
+    logits: Tensor, features: Tensor, classes: Tensor, create_graph: bool = False, retain_graph: bool | None = None
+) -> Tensor:
     """``d logits[b, classes[b]] / d features[b]`` for every image ``b`` in one autograd call.
 
     Only the feature map's gradient is asked for (never every parameter's). With
-    ``create_graph=True`` the result stays in the graph (double backprop for the student).
+    ``create_graph=True`` the result stays in the graph (double backprop for the student);
+    ``retain_graph=True`` keeps the forward graph for further gradients (several classes/terms).
     """
-    (grads,) = torch.autograd.grad(target_scores(logits, classes), features, create_graph=create_graph)
+    (grads,) = torch.autograd.grad(
+        target_scores(logits, classes), features, create_graph=create_graph, retain_graph=retain_graph
+    )
     return grads

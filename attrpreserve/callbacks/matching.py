@@ -53,7 +53,8 @@ class MatchingTerm:
             return ewa_map(features)
         # The student's gradient stays in the graph (double backprop) only while training.
         create_graph = not is_teacher and torch.is_grad_enabled() and result.model.training
-        grads = feature_grads(result.logits, features, classes, create_graph=create_graph)
+        # Retained: other classes (target="labels") or other terms may ask the same forward.
+        grads = feature_grads(result.logits, features, classes, create_graph=create_graph, retain_graph=True)
         if is_teacher and self.mode == "sswa":
             # Channel drop applies to the teacher's map only, as in the reference.
             return sswa_map(features, grads, self.drop_prob, self.generator, self.per_sample)

@@ -1,0 +1,101 @@
+"""Render attribution panels: image | map overlays | mask, as arrays and PNG files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+IGNORE_INDEX = 255
+
+
+def _normalize(heatmap: Tensor) -> Tensor:
+    lo, hi = heatmap.min(), heatmap.max()
+    return (heatmap - lo) / (hi - lo) if hi > lo else torch.zeros_like(heatmap)
+
+
+def overlay(image: Tensor, heatmap: Tensor, alpha: float = 0.5) -> np.ndarray:
+    """``[3,H,W]`` image in [0, 1] with a jet-coloured, min-max-normalised ``[H,W]`` heatmap.
+
+    Example:
+        >>> overlay(torch.zeros(3, 2, 2), torch.eye(2)).shape
+        (2, 2, 3)
+    """
+    heat = _normalize(heatmap.detach().float().cpu()).numpy()
+    colour = plt.get_cmap("jet")(heat)[..., :3]
+    base = image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy()
+    return (1 - alpha) * base + alpha * colour
+
+
+def mask_image(mask: Tensor) -> np.ndarray:
+    """Class mask ``[H,W]`` (0 background, c+1 classes, 255 void) as an RGB array."""
+    m = mask.detach().cpu().numpy().astype(np.int64)
+    colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
+    out = np.zeros((*m.shape, 3))
+    for value in np.unique(m):
+        if value == 0:
+            continue
+        out[m == value] = (1.0, 1.0, 1.0) if value == IGNORE_INDEX else colours[(value - 1) % 10]
+    return out
+
+
+def panel_figure(
+    images: Tensor,
+    maps: dict[str, Tensor],
+    masks: Tensor | None = None,
+    titles: Sequence[str] | None = None,
+) -> plt.Figure:
+    """One row per image: the image, one overlay per entry of ``maps`` (name -> ``[N,H,W]``),
+    then the mask.
+
+    Args:
+        images: ``[N,3,H,W]`` in [0, 1] (denormalised).
+        maps: column title -> heatmaps ``[N,H,W]`` (resized to the image when smaller).
+        masks: optional ``[N,H,W]`` class masks.
+        titles: optional row labels (e.g. the target class names).
+    """
+    n = images.shape[0]
+    columns = 1 + len(maps) + (masks is not None)
+    fig, axes = plt.subplots(n, columns, figsize=(1.8 * columns, 1.8 * n), squeeze=False)
+    size = images.shape[-2:]
+    for row in range(n):
+        cells = [("image", images[row].permute(1, 2, 0).clamp(0, 1).cpu().numpy())]
+        for name, heat in maps.items():
+            h = heat[row].detach().float()
+            if h.shape[-2:] != size:
+                h = torch.nn.functional.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+            cells.append((name, overlay(images[row], h)))
+        if masks is not None:
+            cells.append(("mask", mask_image(masks[row])))
+        for col, (name, array) in enumerate(cells):
+            ax = axes[row][col]
+            ax.imshow(array)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+        if titles is not None:
+            axes[row][0].set_ylabel(titles[row], fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig: plt.Figure) -> np.ndarray:
+    """RGB ``uint8`` array of a rendered figure (for loggers)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def save_panels(path: str | os.PathLike, images: Tensor, maps: dict[str, Tensor], masks: Tensor | None = None,
+                titles: Sequence[str] | None = None) -> None:
+    """Write :func:`panel_figure` to ``path`` (PNG)."""
+    fig = panel_figure(images, maps, masks, titles)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
