@@ -302,3 +302,51 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self.bar.stop()
+
+
+def cached_train_dataset(
+    datamodule: Any,
+    views: int = 8,
+    cache_dir: str | os.PathLike = ".cache/teacher",
+    seed: int = 0,
+    progress: bool = True,
+) -> CachedViewsDataset:
+    """The training set of ``datamodule`` served from a teacher cache built for the running fit.
+
+    Called from a data module's ``train_dataloader`` (after every ``setup`` hook, so the loss
+    terms are registered and the cached layers known). Rank 0 builds a missing or incomplete
+    cache, every rank waits, then all read the same files.
+
+    Args:
+        datamodule: a data module with ``source_dataset``, ``sample_view``, ``apply_view``,
+            ``image_size``, ``scale``, ``ratio`` and an attached ``trainer``.
+        views, cache_dir, seed: see :class:`TeacherCache`.
+
+    Raises:
+        ValueError: no trainer attached, or a LightningModule without a ``teacher``.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    if module is None or not hasattr(module, "teacher"):
+        raise ValueError(
+            "Expected `cache_teacher=True` to be used in a fit of a DistillationModule (a LightningModule with a "
+            f"`teacher`), but got {type(module).__name__ if module is not None else 'no trainer'}."
+        )
+    layers = module.teacher_layers() if hasattr(module, "teacher_layers") else []
+    cache = TeacherCache(
+        module.teacher,
+        datamodule.source_dataset("train"),
+        datamodule.sample_view,
+        datamodule.apply_view,
+        layers=layers,
+        views=views,
+        seed=seed,
+        cache_dir=cache_dir,
+        image_size=datamodule.image_size,
+        device=module.device,
+        extra_key=f"scale={tuple(datamodule.scale)},ratio={tuple(datamodule.ratio)}",
+    )
+    if trainer.is_global_zero and not cache.is_complete:
+        cache.build(progress=progress)
+    trainer.strategy.barrier("teacher_cache")
+    return cache.dataset_for_training()

@@ -1,0 +1,89 @@
+"""Shared pieces of the data modules: constants, argument checks, loaders, view helpers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from attrpreserve.data import transforms as T
+
+IGNORE_INDEX = 255
+"""Mask value of void pixels (VOC's object borders): ignored by every metric, never background."""
+
+MIN_IMAGE_SIZE = 32
+"""Smallest accepted ``image_size``: the VGG models pool 3 (``vgg_small``) to 5 (``vgg16``) times."""
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, else ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
+    return value
+
+
+def check_stats(name: str, value: Sequence[float], positive: bool) -> tuple[float, float, float]:
+    """Per-channel mean/std: three floats (std > 0)."""
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or (positive and min(values) <= 0):
+        allowed = "three floats > 0" if positive else "three floats"
+        raise ValueError(f"Expected argument `{name}` to be {allowed} (one per RGB channel), but got {value!r}.")
+    return values  # type: ignore[return-value]
+
+
+def plain(t: Tensor) -> Tensor:
+    """Drop a tv_tensor subclass so batches collate to plain tensors."""
+    return t.as_subclass(Tensor)
+
+
+class ViewMixin:
+    """The training view of a data module as the ``(generator, h, w) -> (box, flip)`` sampler and
+    ``(image, box, flip) -> image`` applier a teacher-output cache takes (see
+    :mod:`attrpreserve.teacher_cache`). Needs ``image_size``, ``scale``, ``ratio``, ``mean``, ``std``
+    in ``self.hparams``/attributes.
+    """
+
+    image_size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def sample_view(self, generator: torch.Generator | None, height: int, width: int) -> tuple[T.Box, bool]:
+        """A training view of a ``height x width`` image (:func:`~attrpreserve.data.transforms.sample_view`
+        with this module's ``scale``/``ratio``)."""
+        return T.sample_view(generator, height, width, scale=self.scale, ratio=self.ratio)
+
+    def apply_view(self, image: Tensor, box: Sequence[int], flip: bool) -> Tensor:
+        """Apply a view and resize to ``image_size`` (:func:`~attrpreserve.data.transforms.apply_view`)."""
+        return T.apply_view(image, box, flip, self.image_size)
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Undo this module's normalisation, for display (``[..., 3, H, W]``)."""
+        return T.denormalize(images, self.mean, self.std)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, pin_memory: bool | None,
+                drop_last: bool = False) -> DataLoader:
+    """A DataLoader with persistent workers when there are workers; pinned memory when CUDA is there."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+    )
+
+
+def default_workers() -> int:
+    """``min(4, os.cpu_count())`` (1 if the count is unknown)."""
+    return min(4, os.cpu_count() or 1)

@@ -1,0 +1,390 @@
+"""PASCAL VOC 2012 from a local folder: multi-label classification and the localisation split.
+
+Layout (the VOC tarball's)::
+
+    VOC2012/
+        JPEGImages/<id>.jpg
+        Annotations/<id>.xml            every <object><name> gives a positive class
+        ImageSets/Main/{train,val}.txt  classification splits
+        ImageSets/Segmentation/val.txt  localisation split (1,449 images)
+        SegmentationClass/<id>.png      palette PNG: index 0 background, c+1 class c, 255 void
+
+Labels: the 20-class multi-hot vector of the names in the XML. ``difficult`` objects count as
+positives by default (as the authors' code does); ``include_difficult=False`` drops them (a class
+seen only as difficult is then negative). The localisation split takes its labels from the XML
+too, so a model is judged on one label definition; its masks are the palette indices unchanged
+(class c is c+1, void stays 255 and is never folded into background).
+
+Nothing is downloaded. File existence is checked in ``setup()`` (a missing folder, split file,
+image, XML or mask raises FileNotFoundError naming it); a corrupt image or mask raises
+ValueError naming the file when the item is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from attrpreserve.data import transforms as T
+from attrpreserve.data.common import (
+    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, default_workers, make_loader, plain,
+)
+
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+"""The 20 VOC classes in the standard order (class c is mask value c + 1)."""
+
+VOC_MEAN = (0.4589, 0.4355, 0.4032)
+VOC_STD = (0.2239, 0.2186, 0.2206)
+
+VOC_LAYOUT = ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass")
+"""Sub-folders expected under the VOC2012 folder."""
+
+_LAYOUT_HINT = (
+    "Expected a PASCAL VOC 2012 folder (VOCdevkit/VOC2012, as extracted from VOCtrainval_11-May-2012.tar) "
+    "holding " + ", ".join(f"{d}/" for d in VOC_LAYOUT) + "; `root` may be that folder or a parent of "
+    "VOCdevkit/VOC2012 or VOC2012."
+)
+_VALID_MASK_VALUES = frozenset(range(len(VOC_CLASSES) + 1)) | {IGNORE_INDEX}
+
+JointTransform = Callable[..., Any]
+
+
+def find_voc_root(root: str | os.PathLike) -> Path:
+    """The VOC2012 folder: ``root`` itself, ``root/VOCdevkit/VOC2012`` or ``root/VOC2012``.
+
+    A folder counts when it holds ``JPEGImages/`` and ``ImageSets/``.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or none of the candidates looks like VOC2012
+            (the message lists the expected sub-folders).
+
+    Example:
+        >>> find_voc_root("/no/such/folder")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: VOC root '/no/such/folder' does not exist. Expected a PASCAL VOC 2012 folder ...
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"VOC root {str(base)!r} does not exist. {_LAYOUT_HINT}")
+    candidates = [base, base / "VOCdevkit" / "VOC2012", base / "VOC2012"]
+    for folder in candidates:
+        if (folder / "JPEGImages").is_dir() and (folder / "ImageSets").is_dir():
+            return folder
+    tried = ", ".join(repr(str(c)) for c in candidates)
+    raise FileNotFoundError(f"No VOC2012 folder found under {str(base)!r} (tried {tried}). {_LAYOUT_HINT}")
+
+
+def read_split(path: Path) -> list[str]:
+    """Image ids of a split file (first token of each non-blank line).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file lists no ids.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"Split file {str(path)!r} not found. {_LAYOUT_HINT}")
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"Split file {str(path)!r} is empty: expected one image id per line.")
+    return ids
+
+
+def parse_annotation(path: Path, include_difficult: bool = True) -> list[int]:
+    """Sorted class indices of the ``<object><name>``s of one VOC XML.
+
+    Raises:
+        ValueError: the XML does not parse, or names a class not in :data:`VOC_CLASSES`
+            (the message names the file and lists the allowed names).
+    """
+    try:
+        tree = ET.parse(path)
+    except (ET.ParseError, OSError) as err:
+        raise ValueError(f"Could not parse annotation {str(path)!r}: {err}.") from None
+    classes = set()
+    for obj in tree.getroot().iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            raise ValueError(
+                f"Unknown class {name!r} in annotation {str(path)!r}. Allowed names: {', '.join(VOC_CLASSES)}."
+            )
+        if not include_difficult and (obj.findtext("difficult") or "0").strip() == "1":
+            continue
+        classes.add(VOC_CLASSES.index(name))
+    return sorted(classes)
+
+
+def _missing(folder: Path, ids: Sequence[str], suffix: str, what: str, split_file: Path) -> None:
+    present = set(os.listdir(folder)) if folder.is_dir() else set()
+    missing = [i for i in ids if i + suffix not in present]
+    if missing:
+        shown = ", ".join(repr(str(folder / (i + suffix))) for i in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise FileNotFoundError(
+            f"{len(missing)} {what} listed in {str(split_file)!r} not found: {shown}{more}. {_LAYOUT_HINT}"
+        )
+
+
+def read_image(path: Path) -> Tensor:
+    """RGB uint8 ``[3, H, W]`` image; ValueError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"))
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt files
+        raise ValueError(f"Could not read image {str(path)!r}: {err}.") from None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def read_mask(path: Path) -> Tensor:
+    """Class-id mask ``[H, W]`` (uint8) of a palette (or grayscale) PNG; the palette index is the id.
+
+    Raises:
+        ValueError: the file cannot be decoded, is not a palette/grayscale image, or holds values
+            other than 0..20 and 255.
+    """
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            array = np.array(img) if mode in ("P", "L") else None
+    except Exception as err:
+        raise ValueError(f"Could not read mask {str(path)!r}: {err}.") from None
+    if array is None:
+        raise ValueError(
+            f"Mask {str(path)!r} has PIL mode {mode!r}; expected a palette ('P') or grayscale ('L') PNG whose "
+            "values are class ids (0 background, c+1 class c, 255 void), like SegmentationClass/."
+        )
+    bad = sorted(set(np.unique(array).tolist()) - _VALID_MASK_VALUES)
+    if bad:
+        raise ValueError(f"Mask {str(path)!r} holds values {bad[:10]}; allowed: 0..{len(VOC_CLASSES)} and 255.")
+    return torch.from_numpy(array.astype(np.uint8))
+
+
+class VOCDataset(Dataset):
+    """One VOC split as dict items (``image``, ``labels``, ``index``, plus ``mask`` if segmentation).
+
+    Args:
+        root: VOC2012 folder or a parent of it (see :func:`find_voc_root`).
+        split: split name, a file in ``ImageSets/Main/`` (or ``ImageSets/Segmentation/``).
+        segmentation: read the split from ``ImageSets/Segmentation/`` and add ``SegmentationClass``
+            masks (the localisation split).
+        transform: joint v2 transform called as ``t(image, mask)`` (or ``t(image)``) on
+            ``tv_tensors.Image`` uint8 / ``tv_tensors.Mask``; ``None`` keeps the source size.
+        mean, std: normalisation applied after the transform.
+        include_difficult: count objects marked ``difficult`` as positives.
+
+    Items: ``image`` float32 [3,H,W] normalised; ``labels`` float32 [20] multi-hot; ``mask``
+    int64 [H,W] (0 background, c+1 class c, 255 void; resized to the image when sizes differ);
+    ``index`` int.
+
+    Raises:
+        FileNotFoundError: missing root, split file, image, XML or mask (named in the message).
+        ValueError: empty split file, unknown class name or unparsable XML (named).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        segmentation: bool = False,
+        transform: JointTransform | None = None,
+        mean: Sequence[float] = VOC_MEAN,
+        std: Sequence[float] = VOC_STD,
+        include_difficult: bool = True,
+    ) -> None:
+        self.root = find_voc_root(root)
+        self.split, self.segmentation = split, segmentation
+        self.transform = transform
+        self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
+        self.include_difficult = include_difficult
+        self.split_file = self.root / "ImageSets" / ("Segmentation" if segmentation else "Main") / f"{split}.txt"
+        self.ids = read_split(self.split_file)
+        _missing(self.root / "JPEGImages", self.ids, ".jpg", "images", self.split_file)
+        _missing(self.root / "Annotations", self.ids, ".xml", "annotation XMLs", self.split_file)
+        if segmentation:
+            _missing(self.root / "SegmentationClass", self.ids, ".png", "masks", self.split_file)
+        labels = torch.zeros(len(self.ids), len(VOC_CLASSES))
+        for row, image_id in enumerate(self.ids):
+            labels[row, parse_annotation(self.root / "Annotations" / f"{image_id}.xml", include_difficult)] = 1.0
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        return self.root / "JPEGImages" / f"{self.ids[index]}.jpg"
+
+    def mask_path(self, index: int) -> Path:
+        return self.root / "SegmentationClass" / f"{self.ids[index]}.png"
+
+    def image_size_of(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of the source image (header only), for view sampling."""
+        try:
+            with Image.open(self.image_path(index)) as img:
+                width, height = img.size
+        except Exception as err:
+            raise ValueError(f"Could not read image {str(self.image_path(index))!r}: {err}.") from None
+        return height, width
+
+    def fingerprint(self) -> str:
+        """Hash of what the items depend on (split, ids, labels, normalisation), not of the path."""
+        h = hashlib.sha256(repr((self.split, self.segmentation, self.mean, self.std)).encode())
+        h.update("\n".join(self.ids).encode())
+        h.update(self.labels.numpy().tobytes())
+        return f"VOCDataset:{h.hexdigest()[:16]}"
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.ids):
+            raise IndexError(f"index {index} out of range for {len(self.ids)} items")
+        image = tv_tensors.Image(read_image(self.image_path(index)))
+        mask = None
+        if self.segmentation:
+            raw = read_mask(self.mask_path(index))
+            mask = tv_tensors.Mask(raw)
+            if tuple(raw.shape) != tuple(image.shape[-2:]):
+                mask = F.resize(mask, list(image.shape[-2:]), interpolation=InterpolationMode.NEAREST)
+        if self.transform is not None:
+            if mask is None:
+                image = self.transform(image)
+            else:
+                image, mask = self.transform(image, mask)
+        item: dict[str, Any] = {
+            "image": T.normalize(image, self.mean, self.std),
+            "labels": self.labels[index].clone(),
+            "index": index,
+        }
+        if mask is not None:
+            item["mask"] = plain(mask).long()
+        return item
+
+
+class VOCDataModule(ViewMixin, pl.LightningDataModule):
+    """PASCAL VOC 2012 (local folder): classification train/val and the localisation split.
+
+    Args:
+        root: VOC2012 folder, or a parent of ``VOCdevkit/VOC2012`` or ``VOC2012``.
+        image_size: square input size (paper: 227).
+        batch_size: samples per batch (paper: 64).
+        num_workers: DataLoader workers; ``None`` is ``min(4, os.cpu_count())``.
+        train_split, val_split: files in ``ImageSets/Main/``.
+        seg_split: file in ``ImageSets/Segmentation/`` (the localisation split, served by
+            ``test_dataloader``).
+        scale, ratio: RandomResizedCrop ranges of the training augmentation.
+        train_augment: crop + flip the training images (else resize like evaluation).
+        include_difficult: count ``difficult`` objects as positives (the reference code does).
+        mean, std: normalisation (paper's VOC statistics by default).
+        pin_memory: ``None`` pins when CUDA is available.
+
+    Raises:
+        ValueError: a bad argument (named, with the allowed values).
+        FileNotFoundError: from ``setup()``, when the folder, a split file or a listed file is
+            missing (the message says what layout is expected).
+
+    Example:
+        >>> dm = VOCDataModule("/data/voc", image_size=64, batch_size=8, num_workers=0)
+        >>> dm.num_classes, dm.class_names[:2], dm.hparams.image_size
+        (20, ('aeroplane', 'bicycle'), 64)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 227,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        seg_split: str = "val",
+        scale: tuple[float, float] = T.DEFAULT_SCALE,
+        ratio: tuple[float, float] = T.DEFAULT_RATIO,
+        train_augment: bool = True,
+        include_difficult: bool = True,
+        mean: tuple[float, float, float] = VOC_MEAN,
+        std: tuple[float, float, float] = VOC_STD,
+        pin_memory: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(root, (str, os.PathLike)) or not str(root):
+            raise ValueError(f"Expected argument `root` to be a path to a VOC2012 folder, but got {root!r}.")
+        self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = default_workers() if num_workers is None else check_int("num_workers", num_workers, 0)
+        for name, value in (("train_split", train_split), ("val_split", val_split), ("seg_split", seg_split)):
+            if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+                raise ValueError(
+                    f"Expected argument `{name}` to be a split name (a file name in ImageSets/, without .txt), "
+                    f"but got {value!r}."
+                )
+        self.scale = T.check_range("scale", scale, 0.0, 1.0)
+        self.ratio = T.check_range("ratio", ratio, 0.0, None)
+        self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
+        self.train_augment, self.include_difficult, self.pin_memory = train_augment, include_difficult, pin_memory
+        self.root = root
+        self.save_hyperparameters()
+        self.train_dataset: VOCDataset | None = None
+        self.val_dataset: VOCDataset | None = None
+        self.localization_dataset: VOCDataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(VOC_CLASSES)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return VOC_CLASSES
+
+    def _dataset(self, split: str, segmentation: bool, train: bool) -> VOCDataset:
+        if train and self.train_augment:
+            transform = T.train_transform(self.image_size, self.scale, self.ratio)
+        else:
+            transform = T.eval_transform(self.image_size)
+        return VOCDataset(self.root, split, segmentation=segmentation, transform=transform, mean=self.mean,
+                          std=self.std, include_difficult=self.include_difficult)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Index the splits a stage needs (all of them for ``stage=None``); checks every file exists."""
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset(self.hparams.train_split, False, train=True)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = self._dataset(self.hparams.val_split, False, train=False)
+        if stage in (None, "test", "predict") and self.localization_dataset is None:
+            self.localization_dataset = self._dataset(self.hparams.seg_split, True, train=False)
+
+    def source_dataset(self, split: str | None = None) -> VOCDataset:
+        """Un-augmented items at source resolution (for a teacher-output cache's views)."""
+        return VOCDataset(self.root, split or self.hparams.train_split, transform=None, mean=self.mean,
+                          std=self.std, include_difficult=self.include_difficult)
+
+    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train_dataset", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The localisation split (images, labels, masks), in split-file order."""
+        return self._loader(self.localization_dataset, "localization_dataset", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
