@@ -46,6 +46,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"Weights file {str(path)!r} holds {type(obj).__name__}, expected a state dict (name -> tensor) "
             "or a Lightning checkpoint with a 'state_dict'."
         )
+    if any(k.endswith("_orig") for k in obj):
+        from attrpreserve.surgery import fold_masks
+
+        obj = fold_masks(obj)  # unstructured-pruning masks made permanent
     return obj
 
 
