@@ -121,3 +121,43 @@ def test_bad_views_rejected(tmp_path):
     dm = _data()
     with pytest.raises(ValueError, match="cache_views"):
         _cache(tmp_path, dm, _teacher(), views=0)
+
+
+def test_fit_with_cache_switch_builds_once_and_reuses(tmp_path):
+    import pytorch_lightning as pl
+
+    from attrpreserve.callbacks import AttributionMatching
+
+    teacher = _teacher()
+
+    def fit():
+        dm = SyntheticDataModule(num_classes=3, num_train=8, num_val=4, num_test=4, batch_size=4,
+                                 cache_teacher=True, cache_views=2, cache_dir=str(tmp_path))
+        module = DistillationModule(teacher, vgg_small(num_classes=3, width_divisor=8), lr=0.01)
+        trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                             callbacks=[AttributionMatching(mode="sswa", weight=10.0)])
+        trainer.fit(module, dm)
+        return trainer
+
+    trainer = fit()
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and (folders[0] / "pool5.npy").is_file()
+    assert np.load(folders[0] / "pool5.npy").shape[:2] == (8, 2)
+    assert "train/match" in trainer.logged_metrics
+    stamp = (folders[0] / "pool5.npy").stat().st_mtime_ns
+    fit()
+    assert list(tmp_path.iterdir()) == folders and (folders[0] / "pool5.npy").stat().st_mtime_ns == stamp
+
+
+def test_cache_switch_needs_a_distillation_module(tmp_path):
+    import pytorch_lightning as pl
+
+    from attrpreserve.modules import TeacherModule
+
+    dm = SyntheticDataModule(num_classes=3, num_train=8, num_val=4, num_test=4, batch_size=4,
+                             cache_teacher=True, cache_dir=str(tmp_path))
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match="cache_teacher"):
+        trainer.fit(TeacherModule(vgg_small(num_classes=3, width_divisor=8)), dm)

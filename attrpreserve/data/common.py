@@ -65,6 +65,22 @@ class ViewMixin:
         """Apply a view and resize to ``image_size`` (:func:`~attrpreserve.data.transforms.apply_view`)."""
         return T.apply_view(image, box, flip, self.image_size)
 
+    def _init_cache(self, cache_teacher: bool, cache_views: int, cache_dir: str | os.PathLike, cache_seed: int) -> None:
+        self.cache_teacher = bool(cache_teacher)
+        self.cache_views = check_int("cache_views", cache_views, 1)
+        self.cache_seed = check_int("cache_seed", cache_seed, 0)
+        if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
+            raise ValueError(f"Expected argument `cache_dir` to be a folder path, but got {cache_dir!r}.")
+        self.cache_dir = cache_dir
+
+    def _train_set(self, dataset: Dataset | None) -> Dataset | None:
+        """The training set, served from the teacher cache when ``cache_teacher`` is on."""
+        if not getattr(self, "cache_teacher", False) or dataset is None:
+            return dataset
+        from attrpreserve.teacher_cache import cached_train_dataset
+
+        return cached_train_dataset(self, views=self.cache_views, cache_dir=self.cache_dir, seed=self.cache_seed)
+
     def denormalize(self, images: Tensor) -> Tensor:
         """Undo this module's normalisation, for display (``[..., 3, H, W]``)."""
         return T.denormalize(images, self.mean, self.std)

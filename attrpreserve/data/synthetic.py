@@ -471,6 +471,11 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
         object_size, max_objects, max_distractors, max_occlusion, void_border: see :class:`SceneConfig`.
         mean, std: normalisation (defaults measured on the generator).
         pin_memory: ``None`` pins when CUDA is available.
+        cache_teacher: in a distillation fit, serve training images through a
+            :class:`~attrpreserve.teacher_cache.TeacherCache` of the frozen teacher's outputs
+            (built on first use, keyed by teacher, data, views and size).
+        cache_views: K, fixed augmented views per training image in the cache.
+        cache_dir: where caches live; cache_seed: seed of the views.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -505,6 +510,10 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
         mean: tuple[float, float, float] = SYNTHETIC_MEAN,
         std: tuple[float, float, float] = SYNTHETIC_STD,
         pin_memory: bool | None = None,
+        cache_teacher: bool = False,
+        cache_views: int = 8,
+        cache_dir: str = ".cache/teacher",
+        cache_seed: int = 0,
     ) -> None:
         super().__init__()
         self.config = SceneConfig(image_size, num_classes, object_size, max_objects, max_distractors,
@@ -521,6 +530,7 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
             raise ValueError(f"Expected argument `min_visible` to be in [0, 1], but got {min_visible!r}.")
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
         self.train_augment, self.min_visible, self.pin_memory = train_augment, float(min_visible), pin_memory
+        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed)
         self.save_hyperparameters()
         self.train_dataset: SyntheticDataset | None = None
         self.val_dataset: SyntheticDataset | None = None
@@ -562,7 +572,7 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
         return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train_dataset", shuffle=True)
+        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val_dataset", shuffle=False)

@@ -290,6 +290,11 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         include_difficult: count ``difficult`` objects as positives (the reference code does).
         mean, std: normalisation (paper's VOC statistics by default).
         pin_memory: ``None`` pins when CUDA is available.
+        cache_teacher: in a distillation fit, serve training images through a
+            :class:`~attrpreserve.teacher_cache.TeacherCache` of the frozen teacher's outputs
+            (built on first use, keyed by teacher, data, views and size).
+        cache_views: K, fixed augmented views per training image in the cache.
+        cache_dir: where caches live; cache_seed: seed of the views.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -318,6 +323,10 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         mean: tuple[float, float, float] = VOC_MEAN,
         std: tuple[float, float, float] = VOC_STD,
         pin_memory: bool | None = None,
+        cache_teacher: bool = False,
+        cache_views: int = 8,
+        cache_dir: str = ".cache/teacher",
+        cache_seed: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)) or not str(root):
@@ -336,6 +345,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
         self.train_augment, self.include_difficult, self.pin_memory = train_augment, include_difficult, pin_memory
         self.root = root
+        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed)
         self.save_hyperparameters()
         self.train_dataset: VOCDataset | None = None
         self.val_dataset: VOCDataset | None = None
@@ -377,7 +387,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train_dataset", shuffle=True)
+        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val_dataset", shuffle=False)
