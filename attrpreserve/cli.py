@@ -54,7 +54,8 @@ def main(args: Sequence[str] | None = None) -> None:
 
         quickstart_main(argv[1:])
         return
-    AttrPreserveCLI(argv)
+    # From the console LightningCLI reads sys.argv itself (passing both makes it warn).
+    AttrPreserveCLI(None if args is None else argv)
 
 
 if __name__ == "__main__":

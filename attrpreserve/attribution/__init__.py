@@ -1,6 +1,7 @@
 """Attribution maps: differentiable training-time maps (ours) and evaluation methods (libraries')."""
 
 from attrpreserve.attribution.capture import capture_features
+from attrpreserve.attribution.deeplift import deeplift
 from attrpreserve.attribution.maps import (
     channel_keep_mask,
     channel_weights,
@@ -13,6 +14,6 @@ from attrpreserve.attribution.maps import (
 from attrpreserve.losses import matching_loss
 
 __all__ = [
-    "capture_features", "channel_keep_mask", "channel_weights", "ewa_map", "feature_grads",
+    "capture_features", "channel_keep_mask", "deeplift", "channel_weights", "ewa_map", "feature_grads",
     "matching_loss", "sswa_map", "swa_map", "target_scores",
 ]

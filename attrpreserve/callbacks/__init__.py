@@ -1,6 +1,8 @@
 """Lightning callbacks: attribution matching, pruning schedules, attribution panels."""
 
 from attrpreserve.callbacks.matching import AttributionMatching, MatchingTerm
+from attrpreserve.callbacks.panels import AttributionPanels
 from attrpreserve.callbacks.pruning import StructuredPruning, UnstructuredPruning
+from attrpreserve.callbacks.shapley import ShapleyPruning
 
-__all__ = ["AttributionMatching", "MatchingTerm", "StructuredPruning", "UnstructuredPruning"]
+__all__ = ["AttributionMatching", "AttributionPanels", "MatchingTerm", "ShapleyPruning", "StructuredPruning", "UnstructuredPruning"]

@@ -69,7 +69,7 @@ class VGG(nn.Module):
         width_divisor: int = 1,
         batch_norm: bool = True,
         dropout: float = 0.5,
-        weights: str | os.PathLike | None = None,
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         if arch not in CONFIGS:
