@@ -11,6 +11,7 @@ from attrpreserve.callbacks import (
     UnstructuredPruning,
 )
 from attrpreserve.data import SyntheticDataModule, VOCDataModule
+from attrpreserve.evaluate import evaluate
 from attrpreserve.modules import DistillationModule, TeacherModule, load_module, load_network
 from attrpreserve.teacher_cache import TeacherCache
 
@@ -18,6 +19,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttributionMatching", "AttributionPanels", "DistillationModule", "StructuredPruning",
-    "SyntheticDataModule", "TeacherCache", "TeacherModule", "UnstructuredPruning", "VOCDataModule",
+    "SyntheticDataModule", "TeacherCache", "TeacherModule", "UnstructuredPruning", "VOCDataModule", "evaluate",
     "load_module", "load_network",
 ]

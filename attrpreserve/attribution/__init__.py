@@ -2,6 +2,7 @@
 
 from attrpreserve.attribution.capture import capture_features
 from attrpreserve.attribution.deeplift import deeplift
+from attrpreserve.attribution.methods import METHODS, attribute, register_method
 from attrpreserve.attribution.maps import (
     channel_keep_mask,
     channel_weights,
@@ -14,6 +15,6 @@ from attrpreserve.attribution.maps import (
 from attrpreserve.losses import matching_loss
 
 __all__ = [
-    "capture_features", "channel_keep_mask", "deeplift", "channel_weights", "ewa_map", "feature_grads",
+    "METHODS", "attribute", "capture_features", "channel_keep_mask", "deeplift", "register_method", "channel_weights", "ewa_map", "feature_grads",
     "matching_loss", "sswa_map", "swa_map", "target_scores",
 ]

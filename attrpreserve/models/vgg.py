@@ -39,6 +39,9 @@ class VGG(nn.Module):
         dropout: dropout probability before the last Linear.
         weights: local path to a state-dict file (torchvision ``vgg16_bn`` ImageNet weights, a
             plain ``state_dict`` or one of our Lightning checkpoints). Never downloaded.
+        head_pool: side of the average pool before the head (default: 7 for vgg16 as the paper,
+            8 for vgg_small); 1 is global average pooling, a translation-invariant head that
+            small networks trained from scratch learn with far less data.
 
     Attributes:
         feature_info: one entry per named attribution layer: ``name`` (``conv1_1`` ... ``pool5``),
@@ -70,6 +73,7 @@ class VGG(nn.Module):
         batch_norm: bool = True,
         dropout: float = 0.5,
         weights: str | None = None,
+        head_pool: int | None = None,
     ) -> None:
         super().__init__()
         if arch not in CONFIGS:
@@ -80,6 +84,8 @@ class VGG(nn.Module):
             )
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"Expected argument `num_classes` to be a positive int, but got {num_classes!r}.")
+        if head_pool is not None and (isinstance(head_pool, bool) or not isinstance(head_pool, int) or head_pool < 1):
+            raise ValueError(f"Expected argument `head_pool` to be None or an int >= 1, but got {head_pool!r}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Expected argument `dropout` to be in [0, 1), but got {dropout!r}.")
         self.arch = arch
@@ -90,10 +96,11 @@ class VGG(nn.Module):
             "width_divisor": width_divisor,
             "batch_norm": batch_norm,
             "dropout": dropout,
+            "head_pool": head_pool,
         }
         self.features, self.feature_info = _make_features(CONFIGS[arch], width_divisor, batch_norm)
         channels = self.feature_info[-1]["num_chs"]
-        pool = POOL_SIZE[arch]
+        pool = POOL_SIZE[arch] if head_pool is None else head_pool
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * pool * pool, num_classes))
         self.attribution_layers: dict[str, str] = {info["name"]: info["module"] for info in self.feature_info}

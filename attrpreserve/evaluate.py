@@ -1,0 +1,564 @@
+"""Evaluation protocol: predictive metrics and attribution-map localisation on the localisation split.
+
+``evaluate(model, datamodule_or_dataloader, methods=("gradcam",), protocol="paper")`` runs the
+model over batches with masks and reports per-class VOC mAP (``map``), per-image AP
+(``map_image``, the reference code's "mAP") and F1 (logit > 0), then, for every attribution
+method and every (image, class present in the mask) pair the protocol keeps:
+
+- **point accuracy** (:class:`~attrpreserve.metrics.PointingGame`): the map's maximum lies in
+  that class's mask (within ``tolerance`` pixels);
+- **AUC** (:class:`~attrpreserve.metrics.MaskAUROC`): pixel ROC-AUC of the min-max-normalised
+  map against that class's mask (maps whose mask covers every valid pixel have no AUC);
+- with a ``teacher``: **cos** and **l2** (:class:`~attrpreserve.metrics.MapSimilarity`) between
+  the student's map and the teacher's map of the same pair and method.
+
+Protocols (:data:`PROTOCOLS`):
+
+- ``"paper"`` (Park et al.): only the classes the model predicts positive (logit > 0) are scored,
+  exact-pixel pointing game (tolerance 0), point accuracy over all scored maps;
+- ``"torchray"``: every ground-truth class is scored, a hit within 15 px of the mask (TorchRay's
+  rule, here in pixels of the evaluated image), point accuracy averaged per class.
+
+Void mask pixels (255) are left out of both metrics (they can neither be the maximum nor count
+as object or background) unless ``count_void_as_background=True``, which counts them as
+background like the reference scripts. Unlike the reference, each class of an image is scored
+against its own mask only, and maps come in batches (one forward per batch for the layer
+methods). With a teacher, the pairs are those the *student* keeps under the protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from attrpreserve.attribution.methods import attribute, check_method, eval_scope, get_method, predict_and_attribute
+from attrpreserve.metrics import MapSimilarity, MaskAUROC, PointingGame, classification_metrics
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Which pairs are scored and how the pointing game counts.
+
+    Attributes:
+        predicted_only: score only ground-truth classes with logit > 0.
+        tolerance: pointing-game radius in pixels.
+        average: ``"micro"`` (over maps) or ``"class"`` (per class, then averaged).
+    """
+
+    predicted_only: bool
+    tolerance: float
+    average: str
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "paper": Protocol(predicted_only=True, tolerance=0, average="micro"),
+    "torchray": Protocol(predicted_only=False, tolerance=15, average="class"),
+}
+
+METHOD_FIELDS = ("auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped")
+CSV_FIELDS = ("method", "map", "map_image", "f1", "auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped",
+              "num_images", "protocol")
+
+
+def evaluate(
+    model: nn.Module,
+    data: pl.LightningDataModule | Iterable[Mapping[str, Any]],
+    methods: str | Sequence[str] = ("gradcam",),
+    protocol: str = "paper",
+    teacher: nn.Module | None = None,
+    count_void_as_background: bool = False,
+    max_batches: int | None = None,
+    progress: bool = True,
+    logger: Any = None,
+    out: str | os.PathLike | None = None,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
+
+    Args:
+        model: classifier ``[B, 3, H, W] -> [B, K]`` logits (e.g. ``module.student``); used in eval
+            mode, its train/eval and ``requires_grad`` state restored afterwards.
+        data: a LightningDataModule (its ``test_dataloader()``, the localisation split, after
+            ``setup("test")``) or any iterable of batch dicts with ``image`` ``[B, 3, H, W]``,
+            ``labels`` ``[B, K]`` multi-hot and ``mask`` ``[B, H, W]`` (0 background, c+1 class c,
+            255 void).
+        methods: names of :mod:`attrpreserve.attribution.methods` (e.g. ``"gradcam"``, ``"lrp"``).
+        protocol: ``"paper"`` or ``"torchray"`` (see the module docstring).
+        teacher: optional reference model; adds ``cos``/``l2`` between student and teacher maps
+            (pairs: those the student keeps under the protocol).
+        count_void_as_background: count void pixels as background (the reference scripts' way)
+            instead of leaving them out.
+        max_batches: stop after this many batches (``None``: all).
+        progress: show a rich progress bar (on stderr).
+        logger: optional Lightning logger; a ``WandbLogger`` gets a ``wandb.Table`` via
+            ``log_table``, any other logger the numbers via ``log_metrics`` (key ``evaluate/...``).
+        out: optional folder; ``results.json`` and ``results.csv`` are written there.
+        method_kwargs: per method, extra arguments of :func:`~attrpreserve.attribution.attribute`
+            (``layer`` and knobs), e.g. ``{"ig": {"n_steps": 16}, "lrp": {"composite": "alpha1_beta0"}}``.
+
+    Returns:
+        ``{"metrics": {"map", "map_image", "f1", "num_images"}, "methods": {name: {"auc",
+        "point_acc", "cos", "l2", "num_pairs", "num_skipped"}}, "protocol": {...}}``: fractions in
+        [0, 1]; ``cos``/``l2`` are nan without a teacher; ``num_skipped`` counts the ground-truth
+        pairs the protocol left out. When no pair is scored (e.g. the model predicts nothing
+        positive under ``"paper"``) the localisation numbers are nan, ``num_pairs`` is 0 and a
+        warning says why.
+
+    Raises:
+        ValueError: before any model work: unknown protocol or method, a knob a method does not
+            take, a bad argument, a batch without ``image``/``labels``/``mask`` or with shapes
+            that do not fit (also checked for every later batch), or a model whose number of
+            outputs differs from the number of labels.
+
+    Example:
+        >>> from attrpreserve.data import SyntheticDataModule
+        >>> from attrpreserve.models import vgg_small
+        >>> dm = SyntheticDataModule(num_classes=3, num_test=4, batch_size=4, num_train=1, num_val=1)
+        >>> torch.manual_seed(0) is not None
+        True
+        >>> result = evaluate(vgg_small(num_classes=3, width_divisor=8), dm, protocol="torchray", progress=False)
+        >>> sorted(result["methods"]["gradcam"]), result["metrics"]["num_images"]
+        (['auc', 'cos', 'l2', 'num_pairs', 'num_skipped', 'point_acc'], 4)
+    """
+    rules = _check_arguments(model, methods, protocol, teacher, count_void_as_background, max_batches, progress,
+                             method_kwargs)
+    names = [methods] if isinstance(methods, str) else list(methods)
+    kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
+    batches, total = _batches(data, max_batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("Expected argument `data` to yield at least one batch, but it yielded none.")
+    num_classes = _check_batch(first, 0, None)
+    for name, net in (("model", model), ("teacher", teacher)):
+        declared = getattr(net, "num_classes", None) if net is not None else None
+        if isinstance(declared, int) and declared != num_classes:
+            raise ValueError(f"Expected argument `{name}` to have {num_classes} outputs (the batches' labels), "
+                             f"but it declares num_classes={declared}.")
+
+    device = _device(model)
+    predictive = classification_metrics(num_classes).to(device)
+    # maps come min-max normalised from `attribute` and masks are built here: no re-validation needed
+    pointing = {n: PointingGame(rules.tolerance, rules.average, num_classes=num_classes, validate_args=False)
+                .to(device) for n in names}
+    auroc = {n: MaskAUROC(validate_args=False).to(device) for n in names}
+    similarity = {n: MapSimilarity(validate_args=False).to(device) for n in names} if teacher is not None else {}
+    counts = {"images": 0, "pairs": 0, "skipped": 0}
+
+    with eval_scope(model, teacher), _Progress(progress, total) as advance:
+        for index, batch in enumerate(chain([first], batches)):
+            if index:
+                _check_batch(batch, index, num_classes)
+            _score_batch(model, teacher, batch, names, kwargs, rules, count_void_as_background, device,
+                         predictive, pointing, auroc, similarity, counts)
+            advance()
+
+    result = _results(names, protocol, rules, count_void_as_background, predictive, pointing, auroc, similarity,
+                      counts)
+    if logger is not None:
+        log_results(logger, result)
+    if out is not None:
+        save_results(result, out)
+    return result
+
+
+# -- per batch --------------------------------------------------------------------------------------
+def _score_batch(
+    model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str],
+    kwargs: dict[str, dict[str, Any]], rules: Protocol, count_void: bool, device: torch.device,
+    predictive: Any, pointing: dict[str, PointingGame], auroc: dict[str, MaskAUROC],
+    similarity: dict[str, MapSimilarity], counts: dict[str, int],
+) -> None:
+    images = batch["image"].to(device)
+    labels = batch["labels"].to(device)
+    masks = batch["mask"].to(device).long()
+    num_classes = labels.shape[1]
+    present = present_classes(masks, num_classes)
+
+    def select(logits: Tensor) -> tuple[Tensor, Tensor]:
+        if tuple(logits.shape) != (images.shape[0], num_classes):
+            raise ValueError(f"Expected the model output to be [B={images.shape[0]}, K={num_classes}] logits, "
+                             f"but got {tuple(logits.shape)}.")
+        keep = present & (logits > 0) if rules.predicted_only else present
+        return keep.nonzero(as_tuple=True)
+
+    # the first layer method (Grad-CAM, SWA, EWA) shares its forward with the prediction
+    shared = next((name for name in names if get_method(name).layer_rule is not None), None)
+    maps_by_method: dict[str, Tensor] = {}
+    if shared is not None:
+        logits, image_index, classes, maps = predict_and_attribute(
+            model, images, select, shared, normalize=True, **kwargs[shared])
+        maps_by_method[shared] = maps
+    else:
+        with torch.no_grad():
+            logits = model(images)
+        image_index, classes = select(logits)
+    predictive.update(logits.sigmoid(), labels.round().int())
+    counts["images"] += images.shape[0]
+    counts["pairs"] += image_index.numel()
+    counts["skipped"] += int(present.sum()) - image_index.numel()
+    if image_index.numel() == 0:
+        return
+    pair_masks = masks[image_index]
+    objects = pair_masks == (classes + 1)[:, None, None]
+    ignore = None if count_void else pair_masks == IGNORE_INDEX
+    for name in names:
+        maps = maps_by_method.pop(name, None)
+        if maps is None:
+            maps = attribute(model, images, classes, name, image_index=image_index, normalize=True, **kwargs[name])
+        pointing[name].update(maps, objects, classes=classes, ignore=ignore)
+        auroc[name].update(maps, objects, ignore=ignore)
+        if teacher is not None:
+            teacher_device = _device(teacher)
+            teacher_maps = attribute(teacher, images.to(teacher_device), classes.to(teacher_device), name,
+                                     image_index=image_index.to(teacher_device), normalize=True, **kwargs[name])
+            similarity[name].update(maps, teacher_maps.to(maps.device))
+
+
+def present_classes(masks: Tensor, num_classes: int) -> Tensor:
+    """``[B, K]`` bool: class c has at least one pixel of value ``c + 1`` in the image's mask.
+
+    Example:
+        >>> present_classes(torch.tensor([[[0, 2], [255, 2]]]), num_classes=3)
+        tensor([[False,  True, False]])
+    """
+    values = masks.flatten(1).long()
+    values = torch.where((values >= 1) & (values <= num_classes), values, 0)
+    present = torch.zeros(values.shape[0], num_classes + 1, dtype=torch.bool, device=masks.device)
+    present.scatter_(1, values, True)
+    return present[:, 1:]
+
+
+# -- results --------------------------------------------------------------------------------------
+def _compute_quietly(metric: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # empty metrics: one warning of ours replaces theirs
+        return metric.compute()
+
+
+def _results(
+    names: list[str], protocol: str, rules: Protocol, count_void: bool, predictive: Any,
+    pointing: dict[str, PointingGame], auroc: dict[str, MaskAUROC], similarity: dict[str, MapSimilarity],
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    scores = _compute_quietly(predictive)
+    metrics: dict[str, Any] = {key: float(value) for key, value in scores.items()}
+    metrics["num_images"] = counts["images"]
+    nan = float("nan")
+    per_method: dict[str, dict[str, Any]] = {}
+    for name in names:
+        scored = counts["pairs"] > 0
+        entry: dict[str, Any] = {
+            "auc": float(_compute_quietly(auroc[name])) if scored else nan,
+            "point_acc": float(_compute_quietly(pointing[name])) if scored else nan,
+            "cos": nan,
+            "l2": nan,
+        }
+        if name in similarity and scored:
+            sim = _compute_quietly(similarity[name])
+            entry["cos"], entry["l2"] = float(sim["cos"]), float(sim["l2"])
+        entry["num_pairs"], entry["num_skipped"] = counts["pairs"], counts["skipped"]
+        per_method[name] = entry
+    if counts["pairs"] == 0:
+        why = (f"the model predicted none of the {counts['skipped']} ground-truth (image, class) pairs positive "
+               "(logit > 0)" if rules.predicted_only else "the masks hold no class pixels")
+        warnings.warn(
+            f"evaluate: no (image, class) pair was scored under protocol {protocol!r}: {why}. The localisation "
+            f"metrics (auc, point_acc, cos, l2) of {', '.join(names)} are nan and num_pairs is 0.",
+            UserWarning, stacklevel=3,
+        )
+    return {
+        "metrics": metrics,
+        "methods": per_method,
+        "protocol": {"name": protocol, "predicted_only": rules.predicted_only, "tolerance": rules.tolerance,
+                     "average": rules.average, "count_void_as_background": count_void},
+    }
+
+
+def _cell(value: Any, scale: float, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value * scale:.{digits}f}"
+
+
+def _table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "mAP", "F1", "AUC", "point acc", "cos", "l2", "pairs"]
+    metrics = result["metrics"]
+    rows = []
+    for name, entry in result["methods"].items():
+        rows.append([
+            name, _cell(metrics.get("map"), 100, 2), _cell(metrics.get("f1"), 100, 2), _cell(entry["auc"], 100, 2),
+            _cell(entry["point_acc"], 100, 2), _cell(entry["cos"], 1, 3), _cell(entry["l2"], 1, 2),
+            str(entry["num_pairs"]),
+        ])
+    return header, rows
+
+
+def format_table(result: Mapping[str, Any], plain: bool = False) -> str:
+    """The result as a table: one row per method; mAP (per-class VOC), F1, AUC and point accuracy
+    in percent, cos and l2 to the teacher ("-" where not computed), scored pairs.
+
+    Args:
+        result: what :func:`evaluate` returned (or :func:`load_results` read).
+        plain: plain aligned text instead of a rich table.
+
+    Example:
+        >>> result = {"metrics": {"map": 0.9, "f1": 0.75}, "protocol": {"name": "paper"},
+        ...           "methods": {"gradcam": {"auc": 0.8812, "point_acc": 0.8, "cos": float("nan"),
+        ...                                   "l2": float("nan"), "num_pairs": 10, "num_skipped": 2}}}
+        >>> print(format_table(result, plain=True))
+        method   mAP    F1     AUC    point acc  cos  l2  pairs
+        gradcam  90.00  75.00  88.12  80.00      -    -   10
+    """
+    header, rows = _table_rows(result)
+    if plain:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+        return "\n".join(lines)
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    protocol = result.get("protocol", {}).get("name", "?")
+    table = Table(title=f"attribution evaluation (protocol {protocol})")
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    buffer = StringIO()
+    Console(file=buffer, width=120, color_system=None, force_terminal=False).print(table)
+    return buffer.getvalue().rstrip("\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return value
+
+
+def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``results.json`` (the whole result, nan as ``null``) and ``results.csv`` (one row per
+    method, nan as ``nan``) into ``out_dir`` (created).
+
+    Returns:
+        The two paths.
+
+    Example:
+        >>> import tempfile
+        >>> result = {"metrics": {"map": 0.5, "map_image": 0.6, "f1": 0.4, "num_images": 2},
+        ...           "protocol": {"name": "paper"},
+        ...           "methods": {"gradcam": {"auc": 0.75, "point_acc": 1.0, "cos": float("nan"),
+        ...                                   "l2": float("nan"), "num_pairs": 3, "num_skipped": 1}}}
+        >>> folder = tempfile.mkdtemp()
+        >>> json_path, csv_path = save_results(result, folder)
+        >>> json_path.name, csv_path.read_text().splitlines()[1]
+        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper')
+        >>> math.isnan(load_results(folder)["methods"]["gradcam"]["cos"])
+        True
+    """
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / "results.json", folder / "results.csv"
+    json_path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    metrics = result["metrics"]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS)
+        for name, entry in result["methods"].items():
+            writer.writerow([
+                name, metrics.get("map"), metrics.get("map_image"), metrics.get("f1"),
+                *(entry[key] for key in METHOD_FIELDS), metrics.get("num_images"),
+                result.get("protocol", {}).get("name", ""),
+            ])
+    return json_path, csv_path
+
+
+def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``results.json`` written by :func:`save_results` (``null`` numbers back to nan).
+
+    Raises:
+        FileNotFoundError: no ``results.json`` in ``out_dir``.
+    """
+    path = Path(out_dir) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected {str(path)!r} (written by save_results), but it does not exist.")
+    result = json.loads(path.read_text())
+    nan = float("nan")
+    for key in ("map", "map_image", "f1"):
+        if key in result["metrics"] and result["metrics"][key] is None:
+            result["metrics"][key] = nan
+    for entry in result["methods"].values():
+        for key in ("auc", "point_acc", "cos", "l2"):
+            if entry.get(key) is None:
+                entry[key] = nan
+    return result
+
+
+def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -> None:
+    """Send the result to a Lightning logger: a ``wandb.Table`` for a ``WandbLogger``
+    (``logger.log_table``), otherwise the finite numbers through ``log_metrics`` as
+    ``{key}/map``, ``{key}/{method}/auc``, ...
+
+    Raises:
+        ValueError: ``logger`` has neither ``log_table`` (WandbLogger) nor ``log_metrics``.
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger):
+        header, _ = _table_rows(result)
+        metrics = result["metrics"]
+        data = [[name, metrics.get("map"), metrics.get("f1"), entry["auc"], entry["point_acc"], entry["cos"],
+                 entry["l2"], entry["num_pairs"]] for name, entry in result["methods"].items()]
+        logger.log_table(key=f"{key}/table", columns=header, data=[[_jsonable(v) for v in row] for row in data])
+        return
+    if not callable(getattr(logger, "log_metrics", None)):
+        raise ValueError(f"Expected argument `logger` to be a Lightning logger (log_metrics), but got "
+                         f"{type(logger).__name__}.")
+    flat = {f"{key}/{name}": value for name, value in result["metrics"].items()}
+    for method, entry in result["methods"].items():
+        flat.update({f"{key}/{method}/{name}": value for name, value in entry.items()})
+    logger.log_metrics({k: float(v) for k, v in flat.items() if not math.isnan(float(v))})
+    if callable(getattr(logger, "save", None)):
+        logger.save()
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _check_arguments(
+    model: Any, methods: Any, protocol: Any, teacher: Any, count_void: Any, max_batches: Any, progress: Any,
+    method_kwargs: Any,
+) -> Protocol:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+    if teacher is not None and not isinstance(teacher, nn.Module):
+        raise ValueError(f"Expected argument `teacher` to be a torch.nn.Module or None, but got "
+                         f"{type(teacher).__name__}.")
+    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+        raise ValueError(f"Expected argument `protocol` to be one of {sorted(PROTOCOLS)}, but got {protocol!r}.")
+    names = [methods] if isinstance(methods, str) else methods
+    if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"Expected argument `methods` to be a method name or a non-empty sequence of names, "
+                         f"but got {methods!r}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Expected argument `methods` to name each method once, but got {list(names)}.")
+    if method_kwargs is not None and not isinstance(method_kwargs, Mapping):
+        raise ValueError(f"Expected argument `method_kwargs` to be a mapping method -> dict, but got "
+                         f"{type(method_kwargs).__name__}.")
+    extra = sorted(set(method_kwargs or {}) - set(names))
+    if extra:
+        raise ValueError(f"Expected the keys of `method_kwargs` to be among the evaluated methods {list(names)}, "
+                         f"but got {extra}.")
+    for name in names:
+        knobs = dict((method_kwargs or {}).get(name, {}))
+        reserved = sorted(set(knobs) & {"image_index", "normalize", "classes", "images", "model", "method"})
+        if reserved:
+            raise ValueError(f"Expected `method_kwargs[{name!r}]` to hold `layer`, `relu` or method knobs, but got "
+                             f"{reserved} (set by evaluate).")
+        knobs.pop("layer", None)
+        knobs.pop("relu", None)
+        check_method(name, knobs)
+    for arg, value in (("count_void_as_background", count_void), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise ValueError(f"Expected argument `{arg}` to be a bool, but got {value!r}.")
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"Expected argument `max_batches` to be a positive int or None, but got {max_batches!r}.")
+    return PROTOCOLS[protocol]
+
+
+def _batches(data: Any, max_batches: int | None) -> tuple[Iterator[Mapping[str, Any]], int | None]:
+    if isinstance(data, pl.LightningDataModule):
+        data.setup("test")
+        data = data.test_dataloader()
+    if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
+        raise ValueError(f"Expected argument `data` to be a LightningDataModule or an iterable of batch dicts, "
+                         f"but got {type(data).__name__}.")
+    try:
+        total: int | None = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    if max_batches is not None:
+        total = max_batches if total is None else min(total, max_batches)
+    iterator = iter(data)
+    if max_batches is not None:
+        iterator = (batch for _, batch in zip(range(max_batches), iterator))
+    return iterator, total
+
+
+def _check_batch(batch: Any, index: int, num_classes: int | None) -> int:
+    """Validate one batch (keys, shapes, dtypes, mask values); returns its number of classes."""
+    where = f"batch {index}"
+    if not isinstance(batch, Mapping) or not {"image", "labels", "mask"} <= set(batch):
+        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"Expected {where} to be a dict with 'image', 'labels' and 'mask', but got {keys}.")
+    images, labels, masks = batch["image"], batch["labels"], batch["mask"]
+    if not all(isinstance(t, Tensor) for t in (images, labels, masks)):
+        raise ValueError(f"Expected {where}: 'image', 'labels' and 'mask' to be tensors.")
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ValueError(f"Expected {where}: 'image' to be a float [B, 3, H, W] tensor, but got shape "
+                         f"{tuple(images.shape)} dtype {images.dtype}.")
+    b, _, h, w = images.shape
+    if labels.ndim != 2 or labels.shape[0] != b:
+        raise ValueError(f"Expected {where}: 'labels' to be [B={b}, K], but got {tuple(labels.shape)}.")
+    if num_classes is not None and labels.shape[1] != num_classes:
+        raise ValueError(f"Expected {where}: 'labels' to have K={num_classes} columns like the first batch, but got "
+                         f"{labels.shape[1]}.")
+    if tuple(masks.shape) != (b, h, w):
+        raise ValueError(f"Expected {where}: 'mask' to be [B, H, W] = {(b, h, w)} like 'image', but got "
+                         f"{tuple(masks.shape)}.")
+    if masks.is_floating_point() or masks.dtype == torch.bool:
+        raise ValueError(f"Expected {where}: 'mask' to be an integer tensor, but got dtype {masks.dtype}.")
+    k = labels.shape[1]
+    bad = (masks < 0) | ((masks > k) & (masks != IGNORE_INDEX))
+    if bool(bad.any()):
+        raise ValueError(f"Expected {where}: 'mask' values in 0..{k} or {IGNORE_INDEX} (void), but got "
+                         f"{int(masks[bad].flatten()[0])}.")
+    return k
+
+
+def _device(module: nn.Module) -> torch.device:
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+class _Progress:
+    """Context manager yielding an ``advance()`` callable: a rich progress bar on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, total: int | None) -> None:
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda: None
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.bar = Progress(console=Console(stderr=True), transient=False)
+        self.bar.__enter__()
+        task = self.bar.add_task("evaluate", total=self.total)
+        return lambda: self.bar.advance(task)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+__all__ = [
+    "PROTOCOLS", "Protocol", "evaluate", "format_table", "load_results", "log_results", "present_classes",
+    "save_results",
+]
