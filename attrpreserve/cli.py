@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningCLI
@@ -39,21 +44,86 @@ class AttrPreserveCLI(LightningCLI):
         )
 
 
-def main(args: Sequence[str] | None = None) -> None:
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="attrpreserve evaluate",
+        description="Score a checkpoint's attribution maps against segmentation masks (and a teacher's maps).",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint of `attrpreserve fit` (teacher or distillation)")
+    p.add_argument("--teacher", default=None,
+                   help="teacher checkpoint for cos/l2; default: the teacher inside a distillation checkpoint")
+    p.add_argument("--no-teacher", action="store_true", help="skip the teacher comparison")
+    p.add_argument("--data", required=True, help="a local VOC2012 folder, or 'synthetic'")
+    p.add_argument("--image-size", type=int, default=None, help="default: 227 for VOC, 64 for synthetic")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-classes", type=int, default=4, help="synthetic data only")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data only")
+    p.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,lrp,ebp")
+    p.add_argument("--protocol", default="paper", choices=("paper", "torchray"))
+    p.add_argument("--void-as-background", action="store_true",
+                   help="count VOC void pixels as background (the reference scripts' behaviour)")
+    p.add_argument("--max-batches", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for results.json/csv (default: next to the checkpoint)")
+    p.add_argument("--wandb", action="store_true", help="also log the table to an (offline) wandb run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def evaluate_main(argv: Sequence[str]) -> dict:
+    """``attrpreserve evaluate``: load, evaluate, print the table, write JSON/CSV."""
+    from attrpreserve.attribution.methods import check_method
+    from attrpreserve.data import SyntheticDataModule, VOCDataModule
+    from attrpreserve.evaluate import evaluate, format_table
+    from attrpreserve.modules import DistillationModule, load_module, load_network
+
+    args = evaluate_parser().parse_args(list(argv))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for method in methods:  # before any expensive work
+        check_method(method)
+    module = load_module(args.ckpt)
+    model = module.student if isinstance(module, DistillationModule) else module.model
+    teacher = None
+    if not args.no_teacher:
+        if args.teacher is not None:
+            teacher = load_network(args.teacher)
+        elif isinstance(module, DistillationModule):
+            teacher = module.teacher
+    if args.data == "synthetic":
+        data = SyntheticDataModule(num_classes=args.num_classes, image_size=args.image_size or 64,
+                                   batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers)
+    else:
+        data = VOCDataModule(args.data, image_size=args.image_size or 227, batch_size=args.batch_size,
+                             num_workers=args.num_workers)
+    data.setup("test")
+    logger = None
+    if args.wandb:
+        from attrpreserve.loggers import WandbLogger
+
+        logger = WandbLogger(name=f"evaluate-{Path(args.ckpt).stem}")
+    device = torch.device(args.device)
+    out = Path(args.out) if args.out else Path(args.ckpt).parent / f"{Path(args.ckpt).stem}_eval"
+    result = evaluate(model.to(device), data, methods=methods, protocol=args.protocol,
+                      teacher=teacher.to(device) if teacher is not None else None,
+                      count_void_as_background=args.void_as_background, max_batches=args.max_batches,
+                      logger=logger, out=out)
+    print(format_table(result, plain=True))
+    print(f"wrote {out}/results.json and {out}/results.csv")
+    return result
+
+
+def main(args: Sequence[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if args is None else args)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return
     if argv[0] == "evaluate":
-        from attrpreserve.evaluate_cli import main as evaluate_main
-
         evaluate_main(argv[1:])
         return
     if argv[0] == "quickstart":
         from attrpreserve.quickstart import main as quickstart_main
 
-        quickstart_main(argv[1:])
-        return
+        return quickstart_main(argv[1:])
     # From the console LightningCLI reads sys.argv itself (passing both makes it warn).
     AttrPreserveCLI(None if args is None else argv)
 
