@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 VOC_NAMES = (
@@ -159,3 +160,13 @@ def write_voc_folder(
 def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean 6-image VOC2012 folder (``VOCdevkit/VOC2012`` layout); returns the VOC2012 path."""
     return write_voc_folder(tmp_path_factory.mktemp("voc"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_determinism():
+    """``Trainer(deterministic=True)`` switches torch's deterministic algorithms on globally and
+    leaves them on; restore the flag so one test's trainer does not change the next test's ops."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

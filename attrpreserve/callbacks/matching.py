@@ -115,7 +115,7 @@ class AttributionMatching(Callback):
 
     Example:
         >>> AttributionMatching(mode="sswa", weight=100.0, drop_prob=0.3).state_key
-        'AttributionMatching{name=match}'
+        "AttributionMatching{'name': 'match'}"
     """
 
     def __init__(

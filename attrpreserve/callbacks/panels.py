@@ -46,7 +46,7 @@ class AttributionPanels(Callback):
 
     Example:
         >>> AttributionPanels(num_images=4, every_n_epochs=2).state_key
-        'AttributionPanels{key=panels/maps}'
+        "AttributionPanels{'key': 'panels/maps'}"
     """
 
     def __init__(self, num_images: int = 8, every_n_epochs: int = 1, layer: str = "pool5", mode: str = "swa",
