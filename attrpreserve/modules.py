@@ -6,6 +6,7 @@ Neither holds matching or pruning logic: callbacks plug in through :mod:`attrpre
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -24,7 +25,9 @@ from attrpreserve.metrics import classification_metrics
 from attrpreserve.models import CheckpointError, build_from_spec, model_spec
 from attrpreserve.terms import ForwardResult, LossTerm
 
+NONFINITE = ("raise", "skip")
 TASKS = ("multilabel", "multiclass")
+log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
 KD_MODES = ("multilabel", "softmax", None)
 
@@ -47,6 +50,10 @@ def _num_classes(model: nn.Module) -> int | None:
         return int(n)
     last = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return last[-1].out_features if last else None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step's loss was NaN or infinite; the message names the term and the step."""
 
 
 class _ClassifierModule(pl.LightningModule):
@@ -202,6 +209,10 @@ class DistillationModule(_ClassifierModule):
         lr, momentum, weight_decay, nesterov, milestones, gamma: SGD + MultiStepLR (paper:
             0.1, 0.9, 1e-4, x0.1 at 150/200/250 of 350 epochs).
         optimizer: ``"sgd"`` (the paper) or ``"adamw"``.
+        nonfinite: a step whose loss is NaN/inf stops the fit with a
+            :class:`NonFiniteLossError` naming the term(s) and the step (``"raise"``), or is
+            skipped (no optimiser step) and counted in ``train/skipped_steps`` (``"skip"``;
+            single process: a rank skipping alone would desynchronise DDP).
 
     Raises:
         ValueError: unknown ``kd``/``task``, ``temperature <= 0``, ``alpha`` outside [0, 1],
@@ -223,8 +234,11 @@ class DistillationModule(_ClassifierModule):
         milestones: Sequence[int] = (150, 200, 250),
         gamma: float = 0.1,
         optimizer: str = "sgd",
+        nonfinite: str = "raise",
     ) -> None:
         teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
+        if nonfinite not in NONFINITE:
+            raise ValueError(f"Expected argument `nonfinite` to be one of {NONFINITE}, but got {nonfinite!r}.")
         if kd not in KD_MODES:
             raise ValueError(f"Expected argument `kd` to be one of {KD_MODES}, but got {kd!r}.")
         if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
@@ -246,6 +260,7 @@ class DistillationModule(_ClassifierModule):
         self.hparams["teacher"] = model_spec(teacher)
         self.hparams["student"] = model_spec(student)
         self._terms: dict[str, LossTerm] = {}
+        self.skipped_steps = 0
 
     # -- the extension point -------------------------------------------------------------
     def add_loss_term(self, term: LossTerm) -> None:
@@ -360,10 +375,23 @@ class DistillationModule(_ClassifierModule):
         losses["loss"] = total
         return losses
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         teacher, student = self._forward_both(batch)
         losses = self.compute_losses(batch, teacher, student)
         size = student.logits.shape[0]
+        if not torch.isfinite(losses["loss"]):
+            bad = [k for k, v in losses.items() if k != "loss" and not torch.isfinite(v)]
+            detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items() if k != "loss")
+            where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+            if self.hparams.get("nonfinite", "raise") == "raise":
+                raise NonFiniteLossError(
+                    f"Non-finite loss at {where}: term(s) {bad or ['loss']} went non-finite ({detail}). Lower the "
+                    "learning rate or the term's weight, or pass nonfinite='skip' to skip such steps."
+                )
+            self.skipped_steps += 1
+            log.warning("skipping %s: non-finite %s (%s)", where, bad, detail)
+            self.log("train/skipped_steps", float(self.skipped_steps), batch_size=size)
+            return None
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=size)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=size)
         return losses["loss"]

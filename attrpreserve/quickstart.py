@@ -46,6 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--student-lr", type=float, default=3e-3)
     p.add_argument("--beta", type=float, default=100.0, help="weight of the SSWA matching loss")
     p.add_argument("--views", type=int, default=8, help="cached views per training image")
+    p.add_argument("--no-cache", action="store_true", help="run the teacher online in every student step")
     p.add_argument("--panels", type=int, default=6, help="validation images in the PNG panels")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -107,11 +108,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     students: dict[str, DistillationModule] = {}
     cache_dir = out / "teacher_cache"
     for name, callbacks in (("KD", []), ("SSWA", [AttributionMatching(mode="sswa", weight=args.beta, seed=args.seed)])):
+        source = "run online" if args.no_cache else f"read from a {args.views}-view cache"
         print(f"[{2 + len(students)}/4] student /{args.student_divisor} by {name}: {args.student_epochs} epochs, "
-              f"teacher read from a {args.views}-view cache")
+              f"teacher {source}")
         pl.seed_everything(args.seed + 1, workers=True)  # same student initialisation for both
         data = SyntheticDataModule(num_classes=4, num_train=args.num_train, num_val=200, num_test=args.num_test,
-                                   batch_size=32, seed=args.seed, cache_teacher=True, cache_views=args.views,
+                                   batch_size=32, seed=args.seed, cache_teacher=not args.no_cache, cache_views=args.views,
                                    cache_dir=str(cache_dir), cache_seed=args.seed)
         module = DistillationModule(teacher.model, vgg_small(num_classes=4, width_divisor=args.student_divisor,
                                                              head_pool=1),

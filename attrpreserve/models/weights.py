@@ -53,22 +53,24 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _strip_prefix(state: dict[str, torch.Tensor], model_keys: set[str]) -> dict[str, torch.Tensor]:
+def _strip_prefix(state: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], bool]:
+    """The network's entries, and whether they came from one of our Lightning checkpoints."""
     if any(k in model_keys for k in state):
-        return state
+        return state, False
     for prefix in CHECKPOINT_PREFIXES:
         sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if sub:
-            return sub
-    return state
+            return sub, True
+    return state, False
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load ``path`` into ``model`` in place: the body strictly, the head only if it fits.
 
-    The body (every key outside ``classifier.``) must match in names and shapes. The head is
-    loaded only when all its keys match, so an ImageNet ``vgg16_bn`` file (1000-way, 3-layer
-    head) gives a new 20-way head, as in the paper.
+    The body (every key outside ``classifier.``) must match in names and shapes. From a foreign
+    state dict the head is loaded only when all its keys match, so an ImageNet ``vgg16_bn`` file
+    (1000-way, 3-layer head) gives a new 20-way head, as in the paper; from one of our
+    checkpoints a head that does not fit is an error (another class count).
 
     Raises:
         FileNotFoundError: missing file.
@@ -76,7 +78,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """
     state = read_state_dict(path)
     own = model.state_dict()
-    state = _strip_prefix(state, set(own))
+    state, ours = _strip_prefix(state, set(own))
     body = {k: v for k, v in own.items() if not k.startswith("classifier.")}
     missing = [k for k in body if k not in state]
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in body.items()
@@ -95,6 +97,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
         )
     head = {k: v for k, v in own.items() if k.startswith("classifier.")}
     head_fits = all(k in state and state[k].shape == v.shape for k, v in head.items())
+    if ours and not head_fits:
+        # Our own checkpoint with another head is a mistake (class count), not a new task.
+        theirs = [tuple(state[k].shape) for k in head if k in state]
+        raise CheckpointError(
+            f"Weights file {str(path)!r} holds a head of shape(s) {theirs}, but the model expects "
+            f"{[tuple(v.shape) for v in head.values()]}: check `num_classes` ({getattr(model, 'num_classes', '?')}) "
+            "and `head_pool`."
+        )
     new = {k: state[k] for k in body}
     if head_fits:
         new.update({k: state[k] for k in head})
