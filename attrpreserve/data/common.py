@@ -81,6 +81,24 @@ class ViewMixin:
 
         return cached_train_dataset(self, views=self.cache_views, cache_dir=self.cache_dir, seed=self.cache_seed)
 
+    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
+        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The localisation split (images, labels, masks), in dataset order."""
+        return self._loader(self.localization_dataset, "localization_dataset", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
     def denormalize(self, images: Tensor) -> Tensor:
         """Undo this module's normalisation, for display (``[..., 3, H, W]``)."""
         return T.denormalize(images, self.mean, self.std)

@@ -565,21 +565,3 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
             raise ValueError(f"Expected argument `split` to be one of {SPLITS}, but got {split!r}.")
         dataset = built[split]
         return dataset.without_augmentation() if dataset is not None else self._dataset(split, False)
-
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
-        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The localisation split (the ``test`` split, with masks)."""
-        return self._loader(self.localization_dataset, "localization_dataset", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -380,21 +380,3 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         """Un-augmented items at source resolution (for a teacher-output cache's views)."""
         return VOCDataset(self.root, split or self.hparams.train_split, transform=None, mean=self.mean,
                           std=self.std, include_difficult=self.include_difficult)
-
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
-        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The localisation split (images, labels, masks), in split-file order."""
-        return self._loader(self.localization_dataset, "localization_dataset", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
