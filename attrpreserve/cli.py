@@ -66,8 +66,27 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for results.json/csv (default: next to the checkpoint)")
     p.add_argument("--wandb", action="store_true", help="also log the table to an (offline) wandb run")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="under torchrun each process takes cuda:LOCAL_RANK")
+    p.epilog = ("Several processes: `torchrun --nproc_per_node N -m attrpreserve evaluate ...` splits the batches "
+                "over them and prints the single-process table (rank 0 writes it).")
     return p
+
+
+def _join_process_group(device: str) -> str:
+    """Under torchrun (``WORLD_SIZE`` > 1), join its process group; returns this process's device."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return device
+    cuda = device.startswith("cuda")
+    if cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return device
 
 
 def evaluate_main(argv: Sequence[str]) -> dict:
@@ -81,6 +100,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for method in methods:  # before any expensive work
         check_method(method)
+    device = torch.device(_join_process_group(args.device))
     module = load_module(args.ckpt)
     model = module.student if isinstance(module, DistillationModule) else module.model
     teacher = None
@@ -97,18 +117,18 @@ def evaluate_main(argv: Sequence[str]) -> dict:
                              num_workers=args.num_workers)
     data.setup("test")
     logger = None
-    if args.wandb:
+    if args.wandb and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
         from attrpreserve.loggers import WandbLogger
 
         logger = WandbLogger(name=f"evaluate-{Path(args.ckpt).stem}")
-    device = torch.device(args.device)
     out = Path(args.out) if args.out else Path(args.ckpt).parent / f"{Path(args.ckpt).stem}_eval"
     result = evaluate(model.to(device), data, methods=methods, protocol=args.protocol,
                       teacher=teacher.to(device) if teacher is not None else None,
                       count_void_as_background=args.void_as_background, max_batches=args.max_batches,
                       logger=logger, out=out)
-    print(format_table(result, plain=True))
-    print(f"wrote {out}/results.json and {out}/results.csv")
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(format_table(result, plain=True))
+        print(f"wrote {out}/results.json and {out}/results.csv")
     return result
 
 

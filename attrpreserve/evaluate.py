@@ -35,7 +35,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
 
+    Under an initialised ``torch.distributed`` process group (``torchrun``, or after a DDP fit)
+    each process scores every ``world_size``-th batch and the metrics and counters are summed
+    over the processes: every rank returns the single-process result, rank 0 alone logs and
+    writes ``out``.
+
     Args:
         model: classifier ``[B, 3, H, W] -> [B, K]`` logits (e.g. ``module.student``); used in eval
             mode, its train/eval and ``requires_grad`` state restored afterwards.
@@ -138,7 +143,8 @@ def evaluate(
                              method_kwargs)
     names = [methods] if isinstance(methods, str) else list(methods)
     kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
-    batches, total = _batches(data, max_batches)
+    world, rank = _world()
+    batches, total = _batches(data, max_batches, world, rank)
     first = next(batches, None)
     if first is None:
         raise ValueError("Expected argument `data` to yield at least one batch, but it yielded none.")
@@ -158,7 +164,7 @@ def evaluate(
     similarity = {n: MapSimilarity(validate_args=False).to(device) for n in names} if teacher is not None else {}
     counts = {"images": 0, "pairs": 0, "skipped": 0}
 
-    with eval_scope(model, teacher), _Progress(progress, total) as advance:
+    with eval_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
         for index, batch in enumerate(chain([first], batches)):
             if index:
                 _check_batch(batch, index, num_classes)
@@ -166,13 +172,30 @@ def evaluate(
                          predictive, pointing, auroc, similarity, counts)
             advance()
 
+    if world > 1:  # the metrics sync themselves at compute(); the counters are ours to sum
+        counts = _sum_over_ranks(counts, device)
     result = _results(names, protocol, rules, count_void_as_background, predictive, pointing, auroc, similarity,
                       counts)
-    if logger is not None:
-        log_results(logger, result)
-    if out is not None:
-        save_results(result, out)
+    if rank == 0:
+        if logger is not None:
+            log_results(logger, result)
+        if out is not None:
+            save_results(result, out)
     return result
+
+
+def _world() -> tuple[int, int]:
+    """``(world_size, rank)`` of the initialised process group, ``(1, 0)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+def _sum_over_ranks(counts: dict[str, int], device: torch.device) -> dict[str, int]:
+    on = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    values = torch.tensor([counts[k] for k in counts], dtype=torch.int64, device=on)
+    torch.distributed.all_reduce(values)
+    return dict(zip(counts, values.tolist()))
 
 
 # -- per batch --------------------------------------------------------------------------------------
@@ -481,7 +504,11 @@ def _check_arguments(
     return PROTOCOLS[protocol]
 
 
-def _batches(data: Any, max_batches: int | None) -> tuple[Iterator[Mapping[str, Any]], int | None]:
+def _batches(data: Any, max_batches: int | None, world: int = 1,
+             rank: int = 0) -> tuple[Iterator[Mapping[str, Any]], int | None]:
+    """The batches this process scores: every ``world``-th from ``rank`` under a process group
+    (each batch once, so the synced metrics equal a single process's), the first ``max_batches``
+    of the whole stream at most."""
     if isinstance(data, pl.LightningDataModule):
         data.setup("test")
         data = data.test_dataloader()
@@ -497,6 +524,12 @@ def _batches(data: Any, max_batches: int | None) -> tuple[Iterator[Mapping[str, 
     iterator = iter(data)
     if max_batches is not None:
         iterator = (batch for _, batch in zip(range(max_batches), iterator))
+    if world > 1:
+        if total is not None and total < world:
+            raise ValueError(f"Expected argument `data` to yield at least one batch per process, but it yields "
+                             f"{total} batches for {world} processes: lower `batch_size` or the process count.")
+        iterator = islice(iterator, rank, None, world)
+        total = None if total is None else len(range(rank, total, world))
     return iterator, total
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,29 @@ class NonFiniteLossError(FloatingPointError):
     """A training step's loss was NaN or infinite; the message names the term and the step."""
 
 
+def rng_states() -> dict[str, Any]:
+    """The global random states (torch, CUDA, numpy, Python) as plain tensors, ints and tuples,
+    which ``torch.load(weights_only=True)`` (Lightning's default) accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_states`."""
+    torch.set_rng_state(states["torch"])
+    if states.get("torch.cuda"):
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 class _ClassifierModule(pl.LightningModule):
     """Shared optimiser, task loss and metrics of the teacher and distillation modules."""
 
@@ -92,6 +117,35 @@ class _ClassifierModule(pl.LightningModule):
         self.num_classes = num_classes
         self.val_metrics = classification_metrics(num_classes, prefix="val/")
         self.test_metrics = classification_metrics(num_classes, prefix="test/")
+
+    # -- exact resume: the global RNG (dropout) travels with the checkpoint -----------------
+    # Lightning restores loops, optimisers and callbacks but not the random generators; with the
+    # data side seeded per item (attrpreserve.data.resumable), these states are the rest of what a
+    # resumed run needs to repeat the steps of the run it replaces.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank calls this hook (Trainer.save_checkpoint runs on all ranks): keep each one's.
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, states)
+            checkpoint["rng_states"] = gathered
+        else:
+            checkpoint["rng_states"] = [states]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # Set here, not at load time: the sanity check and loader set-up of the resumed run come
+        # between the two, and the run it replaces had neither at this point.
+        states = getattr(self, "_rng_to_restore", None)
+        if states:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            state = dict(states[rank] if rank < len(states) else states[0])
+            if state.get("torch.cuda") and len(state["torch.cuda"]) != torch.cuda.device_count():
+                state.pop("torch.cuda")  # resumed on another machine: CUDA streams cannot be matched
+            set_rng_states(state)
+        self._rng_to_restore = None
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (overridden: the student's only)."""
@@ -168,6 +222,7 @@ class TeacherModule(_ClassifierModule):
         return self.model(x)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         # A pruned network (masks, removed channels) gets its structure back before the weights.
         from attrpreserve.surgery import restore_structure
 
@@ -295,6 +350,7 @@ class DistillationModule(_ClassifierModule):
         return self.student(x)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         # Runs before the weights load: give the student the checkpoint's structure (pruning
         # masks as weight_orig/weight_mask, physically removed channels) so the keys fit.
         from attrpreserve.surgery import restore_structure

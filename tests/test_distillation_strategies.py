@@ -11,26 +11,80 @@ import pytorch_lightning as pl
 import torch
 
 from attrpreserve.callbacks import AttributionMatching
-from attrpreserve.modules import DistillationModule
+from attrpreserve.cli import evaluate_main
+from attrpreserve.evaluate import evaluate
 from attrpreserve.models import vgg_small
+from attrpreserve.modules import DistillationModule
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from ddp_distill import Blobs  # noqa: E402
+from ddp_distill import data  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_distill.py"
 
 
+class Blobs(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, 32, 32, generator=g)
+        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "labels": self.y[i], "index": i}
+
+
+def _assert_same_table(a, b):
+    for key in ("map", "map_image", "f1", "num_images"):
+        assert a["metrics"][key] == pytest.approx(b["metrics"][key], abs=1e-6), key
+    assert a["methods"].keys() == b["methods"].keys()
+    for name in a["methods"]:
+        for key, value in a["methods"][name].items():
+            assert value == pytest.approx(b["methods"][name][key], abs=1e-6, nan_ok=True), (name, key)
+
+
 @pytest.mark.xdist_group("ddp")
-def test_ddp_two_processes_with_sswa(tmp_path):
+def test_ddp_sswa_pruning_run_matches_single_process_evaluation(tmp_path, capsys):
+    """Two gloo ranks distil with SSWA matching and unstructured pruning: one loadable checkpoint
+    (pruned), synced validation metrics and a DDP evaluation that all equal the same checkpoint
+    scored in this single process; then `attrpreserve evaluate` under torchrun prints that table."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
-    assert "val/match" in result["metrics"] and "val/map" in result["metrics"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["final.ckpt"]
+
     loaded = DistillationModule.load_from_checkpoint(result["ckpt"])
-    assert sum(p.numel() for p in loaded.student.parameters()) > 0
+    masks = [m.weight_mask for m in loaded.student.modules() if isinstance(m, torch.nn.Conv2d)]
+    sparsity = sum(int((w == 0).sum()) for w in masks) / sum(w.numel() for w in masks)
+    assert sparsity == pytest.approx(0.75, abs=0.01)  # two rounds of 50% of the remaining weights
+
+    # the synced validation metrics of the DDP run = one process validating the checkpoint
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    single = trainer.validate(loaded, datamodule=data(), verbose=False)[0]
+    for key in ("val/map", "val/f1", "val/map_image"):
+        assert result["metrics"][key] == pytest.approx(single[key], abs=1e-6), key
+
+    # evaluate() split over the two ranks = evaluate() here
+    here = evaluate(loaded.student, data(), methods=["gradcam", "ewa"], teacher=loaded.teacher, progress=False)
+    assert here["metrics"]["num_images"] == 16
+    _assert_same_table(result["evaluate"], here)
+
+    # the command under torchrun (2 gloo processes) = the command in one process
+    args = ["--ckpt", result["ckpt"], "--data", "synthetic", "--num-classes", "3", "--image-size", "64",
+            "--batch-size", "4", "--max-batches", "5", "--methods", "gradcam", "--device", "cpu"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "attrpreserve", "evaluate", *args, "--out", str(tmp_path / "ddp_eval")]
+    proc = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("gradcam") == 1  # rank 0 alone prints
+    one = evaluate_main([*args, "--out", str(tmp_path / "one_eval")])
+    capsys.readouterr()
+    _assert_same_table(json.loads((tmp_path / "ddp_eval" / "results.json").read_text()), one)
 
 
 def _fit(**trainer_kwargs):

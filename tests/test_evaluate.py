@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import csv
+import gc
 import math
+import warnings
 
+import psutil
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 from torch import nn
 
 from attrpreserve.attribution.methods import METHODS, MethodSpec
+from attrpreserve.data import SyntheticDataModule
 from attrpreserve.evaluate import evaluate, format_table, load_results, present_classes, save_results
+from attrpreserve.models import vgg_small
 
 VOID = 255
 
@@ -277,3 +282,43 @@ def test_later_bad_batch_raises():
     bad = dict(good, labels=good["labels"][:, :1])
     with pytest.raises(ValueError, match="batch 1"):
         evaluate(Oracle(), [good, bad], "channel", progress=False)
+
+
+def _live_tensors():
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance() touches deprecated module attributes
+        return [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
+
+
+def test_memory_does_not_grow_over_many_batches():
+    """No graph or map outlives its batch: at every batch boundary no live tensor carries a
+    grad_fn, the bytes held by live tensors grow only by the metrics' per-image states (scores
+    and labels, ~100 bytes an image), and the process's resident memory stays flat."""
+    torch.manual_seed(0)
+    model, teacher = vgg_small(num_classes=3, width_divisor=8), vgg_small(num_classes=3, width_divisor=4)
+    dm = SyntheticDataModule(num_classes=3, num_train=1, num_val=1, num_test=8, batch_size=8)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    graphs, held, rss = [], [], []
+    process = psutil.Process()
+
+    def batches():
+        for i in range(30):
+            if i in (10, 29):  # a full scan of the heap costs a few hundred ms: twice is enough
+                live = _live_tensors()
+                graphs.append(sum(t.grad_fn is not None for t in live))
+                storages = {t.untyped_storage().data_ptr(): t.untyped_storage() for t in live if t.device.type == "cpu"}
+                held.append(sum(s.nbytes() for s in storages.values()))
+                rss.append(process.memory_info().rss)
+            yield batch
+
+    result = evaluate(model, batches(), methods=["gradcam", "ewa"], teacher=teacher, protocol="torchray",
+                      progress=False)
+    assert result["metrics"]["num_images"] == 240
+    assert graphs[1] == graphs[0]  # (other tests in this process may hold graphs: only growth counts)
+    per_batch = (held[1] - held[0]) / 19
+    assert per_batch < 8 * 200, per_batch  # the states of 8 images, not the activations of a batch
+    # One batch's activations and maps through both networks are several MB: keeping one per
+    # batch would add that much resident memory per batch.
+    assert (rss[1] - rss[0]) / 19 < 256 * 1024, (rss[1] - rss[0]) / 19

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from attrpreserve.data import transforms as T
+from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems
 
 IGNORE_INDEX = 255
 """Mask value of void pixels (VOC's object borders): ignored by every metric, never background."""
@@ -86,8 +87,21 @@ class ViewMixin:
             raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
         return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self._train_set(self.train_dataset), "train_dataset", shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled, augmented training batches, exactly resumable mid-epoch (see
+        :mod:`~attrpreserve.data.resumable`); seeded by the global seed (``seed_everything``), or
+        on resume by the checkpointed seed."""
+        dataset = self._train_set(self.train_dataset)
+        if dataset is None:
+            raise RuntimeError("`train_dataset` is not set: call `setup()` first.")
+        trainer = getattr(self, "trainer", None)
+        epoch, skip_batches = resume_position(trainer)
+        world, rank = (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
+        seed = torch.initial_seed() % 2**62
+        sampler = ResumableSampler(dataset, shuffle=True, seed=seed, epoch=epoch, skip=skip_batches * self.batch_size,
+                                   num_replicas=world, rank=rank)
+        return ResumableLoader(SeededItems(dataset), **loader_kwargs(self.batch_size, self.num_workers,
+                                                                     self.pin_memory, seed), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val_dataset", shuffle=False)
@@ -104,18 +118,40 @@ class ViewMixin:
         return T.denormalize(images, self.mean, self.std)
 
 
+def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None, seed: int = 0) -> dict[str, Any]:
+    """DataLoader arguments: persistent workers when there are workers, pinned memory when CUDA is
+    there, and a generator of its own for the worker seeds, so that starting an epoch does not
+    draw from the global generator (and shift the dropout masks of the steps that follow)."""
+    return {
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
+        "generator": torch.Generator().manual_seed(seed),
+    }
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, pin_memory: bool | None,
                 drop_last: bool = False) -> DataLoader:
-    """A DataLoader with persistent workers when there are workers; pinned memory when CUDA is there."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
-    )
+    """A DataLoader with :func:`loader_kwargs`."""
+    return DataLoader(dataset, shuffle=shuffle, drop_last=drop_last,
+                      **loader_kwargs(batch_size, num_workers, pin_memory))
+
+
+def resume_position(trainer: Any) -> tuple[int, int]:
+    """``(epoch, batches)``: where the training loader's first pass starts.
+
+    A fresh fit starts at ``(0, 0)``. A fit restored from a checkpoint written mid-epoch (after
+    ``batches`` training batches of ``epoch``) continues that epoch after those batches; one
+    written at an epoch's end continues with the next epoch. Read from the trainer's restored loop
+    progress, which Lightning loads before it asks for the training loader.
+    """
+    if trainer is None or not trainer.fit_loop.restarting:
+        return 0 if trainer is None else int(trainer.current_epoch), 0
+    fit_loop = trainer.fit_loop
+    epoch = int(fit_loop.epoch_progress.current.processed)
+    done = int(fit_loop.epoch_loop.batch_progress.current.processed)
+    return epoch, done
 
 
 def default_workers() -> int:

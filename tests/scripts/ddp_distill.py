@@ -1,7 +1,10 @@
-"""Run by tests in a subprocess: a 2-process gloo DDP distillation with SSWA matching.
+"""Run by tests in a subprocess: a 2-process gloo DDP distillation with SSWA matching and
+unstructured pruning, then a DDP evaluation of the result.
 
-Usage: python ddp_distill.py OUT_DIR [--prune]
-Writes OUT_DIR/result.json (rank 0): final logged metrics and the checkpoint path.
+Usage: python ddp_distill.py OUT_DIR
+Writes (rank 0) OUT_DIR/checkpoints/*.ckpt (ModelCheckpoint) and OUT_DIR/result.json: the
+world size, the synced validation metrics of the last epoch, the checkpoint path and the
+evaluation table computed by both ranks together.
 """
 
 import json
@@ -9,50 +12,45 @@ import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.callbacks import ModelCheckpoint
 
-from attrpreserve.callbacks import AttributionMatching
+from attrpreserve.callbacks import AttributionMatching, UnstructuredPruning
+from attrpreserve.data import SyntheticDataModule
+from attrpreserve.evaluate import evaluate
 from attrpreserve.models import vgg_small
 from attrpreserve.modules import DistillationModule
 
 
-class Blobs(Dataset):
-    def __init__(self, n, seed):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, 32, 32, generator=g)
-        self.y = (torch.rand(n, 3, generator=g) > 0.5).float()
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"image": self.x[i], "labels": self.y[i], "index": i}
+def data() -> SyntheticDataModule:
+    # 16 validation/test images = 2 batches of 8 per rank: no padding duplicates under DDP
+    return SyntheticDataModule(num_classes=3, image_size=64, num_train=32, num_val=16,
+                               num_test=16, batch_size=8, num_workers=0)
 
 
 def main() -> None:
     out = Path(sys.argv[1])
-    prune = "--prune" in sys.argv
     pl.seed_everything(0)
     teacher, student = vgg_small(num_classes=3, width_divisor=4), vgg_small(num_classes=3, width_divisor=8)
     module = DistillationModule(teacher, student, lr=0.01)
-    callbacks = [AttributionMatching(mode="sswa", weight=10.0)]
-    if prune:
-        from attrpreserve.callbacks.pruning import UnstructuredPruning
-
-        callbacks.append(UnstructuredPruning(amount=0.5, every_n_epochs=1, rounds=2))
+    callbacks = [
+        AttributionMatching(mode="sswa", weight=10.0),
+        UnstructuredPruning(amount=0.5, every_n_epochs=1, rounds=2),
+        ModelCheckpoint(dirpath=out / "checkpoints", filename="final"),
+    ]
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-        default_root_dir=str(out), enable_checkpointing=False,
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=callbacks, default_root_dir=str(out),
     )
-    trainer.fit(module, DataLoader(Blobs(32, 0), batch_size=8), DataLoader(Blobs(16, 1), batch_size=8))
-    ckpt = out / "final.ckpt"
-    trainer.save_checkpoint(ckpt)
+    dm = data()
+    trainer.fit(module, datamodule=dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # The process group is still up: both ranks evaluate half of the batches each.
+    table = evaluate(module.student, dm, methods=["gradcam", "ewa"], teacher=module.teacher, progress=False)
     if trainer.is_global_zero:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        (out / "result.json").write_text(json.dumps({"metrics": metrics, "ckpt": str(ckpt),
-                                                     "world_size": trainer.world_size}))
+        (out / "result.json").write_text(json.dumps({
+            "metrics": metrics, "ckpt": callbacks[-1].best_model_path or callbacks[-1].last_model_path,
+            "world_size": trainer.world_size, "evaluate": table,
+        }))
 
 
 if __name__ == "__main__":

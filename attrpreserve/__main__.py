@@ -1,0 +1,6 @@
+"""``python -m attrpreserve`` (and ``torchrun -m attrpreserve evaluate ...``): the ``attrpreserve`` command."""
+
+from attrpreserve.cli import main
+
+if __name__ == "__main__":
+    main()
