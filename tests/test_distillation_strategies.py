@@ -45,16 +45,21 @@ def _assert_same_table(a, b):
 
 
 @pytest.mark.xdist_group("ddp")
-def test_ddp_sswa_pruning_run_matches_single_process_evaluation(tmp_path, capsys):
-    """Two gloo ranks distil with SSWA matching and unstructured pruning: one loadable checkpoint
-    (pruned), synced validation metrics and a DDP evaluation that all equal the same checkpoint
-    scored in this single process; then `attrpreserve evaluate` under torchrun prints that table."""
+@pytest.mark.parametrize("teacher", ["online", "cached"])
+def test_ddp_sswa_pruning_run_matches_single_process_evaluation(tmp_path, capsys, teacher):
+    """Two gloo ranks distil with SSWA matching and unstructured pruning (the teacher run online,
+    or read from a cache rank 0 builds): one loadable checkpoint (pruned), synced validation
+    metrics and a DDP evaluation that all equal the same checkpoint scored in this single
+    process; then `attrpreserve evaluate` under torchrun prints that table."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], env=env, capture_output=True,
+    flags = ["--cache"] if teacher == "cached" else []
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), *flags], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["world_size"] == 2
+    if teacher == "cached":  # one cache, built once
+        assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["final.ckpt"]
 
     loaded = DistillationModule.load_from_checkpoint(result["ckpt"])
@@ -74,6 +79,8 @@ def test_ddp_sswa_pruning_run_matches_single_process_evaluation(tmp_path, capsys
     assert here["metrics"]["num_images"] == 16
     _assert_same_table(result["evaluate"], here)
 
+    if teacher == "cached":
+        return
     # the command under torchrun (2 gloo processes) = the command in one process
     args = ["--ckpt", result["ckpt"], "--data", "synthetic", "--num-classes", "3", "--image-size", "64",
             "--batch-size", "4", "--max-batches", "5", "--methods", "gradcam", "--device", "cpu"]

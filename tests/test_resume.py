@@ -162,3 +162,48 @@ def test_same_seed_gives_identical_metrics_and_weights():
     _assert_equal(weights_a, weights_b, "weights")
     metrics_c, _ = _fit_in_process(1)  # and the seed matters: another one trains differently
     assert not torch.equal(metrics_a["train/loss"], metrics_c["train/loss"])
+
+
+class _Recording:
+    """Mixed into TeacherModule: remembers (epoch, batch index, item indices, image sum) per step."""
+
+    def training_step(self, batch, batch_idx):
+        self.seen = getattr(self, "seen", [])
+        self.seen.append((self.current_epoch, batch_idx, batch["index"].tolist(), float(batch["image"].sum())))
+        return super().training_step(batch, batch_idx)
+
+
+def _teacher_fit(root: Path, workers: int, ckpt: Path | None = None):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from attrpreserve import SyntheticDataModule, TeacherModule
+
+    pl.seed_everything(3)
+    module = type("Recording", (_Recording, TeacherModule), {})(
+        vgg_small(num_classes=3, width_divisor=8, head_pool=1), lr=0.01)
+    data = SyntheticDataModule(num_classes=3, image_size=32, object_size=(0.25, 0.4), num_train=40, num_val=8,
+                               num_test=8, batch_size=8, num_workers=workers)
+    callbacks = [ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1, save_top_k=-1),
+                 ModelCheckpoint(dirpath=root, filename="{epoch}", every_n_epochs=1, save_top_k=-1)]
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, deterministic=True, logger=False, limit_val_batches=1,
+                         callbacks=callbacks if ckpt is None else [], enable_checkpointing=ckpt is None,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    return module
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_any_checkpoint_replays_the_same_batches(tmp_path, workers):
+    """Mid-epoch, after an epoch's last batch and at the epoch-end (validation) checkpoint, with
+    and without worker processes (which fetch batches ahead): the resumed run trains on exactly
+    the remaining batches of the uninterrupted run (same items, same augmentation) and ends
+    with the same weights."""
+    ref = _teacher_fit(tmp_path / "ref", workers)
+    assert len(ref.seen) == 15
+    for name in ("step=3.ckpt", "step=5.ckpt", "epoch=0.ckpt", "step=12.ckpt"):
+        resumed = _teacher_fit(tmp_path / name, workers, ckpt=tmp_path / "ref" / name)
+        seen = getattr(resumed, "seen", [])
+        assert seen == ref.seen[len(ref.seen) - len(seen):], name
+        assert len(seen) == {"step=3.ckpt": 12, "step=5.ckpt": 10, "epoch=0.ckpt": 10, "step=12.ckpt": 3}[name]
+        _assert_equal(dict(ref.model.state_dict()), dict(resumed.model.state_dict()), name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -95,11 +96,11 @@ class ViewMixin:
         if dataset is None:
             raise RuntimeError("`train_dataset` is not set: call `setup()` first.")
         trainer = getattr(self, "trainer", None)
-        epoch, skip_batches = resume_position(trainer)
         world, rank = (1, 0) if trainer is None else (int(trainer.world_size), int(trainer.global_rank))
         seed = torch.initial_seed() % 2**62
-        sampler = ResumableSampler(dataset, shuffle=True, seed=seed, epoch=epoch, skip=skip_batches * self.batch_size,
-                                   num_replicas=world, rank=rank)
+        sampler = ResumableSampler(dataset, shuffle=True, seed=seed, num_replicas=world, rank=rank)
+        epoch, skip_batches = resume_position(trainer, math.ceil(sampler.num_samples / self.batch_size))
+        sampler.resume(epoch, skip_batches * self.batch_size)
         return ResumableLoader(SeededItems(dataset), **loader_kwargs(self.batch_size, self.num_workers,
                                                                      self.pin_memory, seed), sampler=sampler)
 
@@ -138,20 +139,30 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
                       **loader_kwargs(batch_size, num_workers, pin_memory))
 
 
-def resume_position(trainer: Any) -> tuple[int, int]:
+def resume_position(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
     """``(epoch, batches)``: where the training loader's first pass starts.
 
     A fresh fit starts at ``(0, 0)``. A fit restored from a checkpoint written mid-epoch (after
     ``batches`` training batches of ``epoch``) continues that epoch after those batches; one
-    written at an epoch's end continues with the next epoch. Read from the trainer's restored loop
-    progress, which Lightning loads before it asks for the training loader.
+    written after an epoch's last batch continues with the next epoch. Read from the trainer's
+    restored loop progress, which Lightning loads before it asks for the training loader.
+
+    Args:
+        trainer: the attached trainer, or ``None``.
+        batches_per_epoch: training batches in a full epoch of this process.
     """
-    if trainer is None or not trainer.fit_loop.restarting:
-        return 0 if trainer is None else int(trainer.current_epoch), 0
-    fit_loop = trainer.fit_loop
-    epoch = int(fit_loop.epoch_progress.current.processed)
-    done = int(fit_loop.epoch_loop.batch_progress.current.processed)
-    return epoch, done
+    if trainer is None:
+        return 0, 0
+    epochs = trainer.fit_loop.epoch_progress.current
+    # Mid-epoch progress counts only when resuming (a reload between epochs sees the last one's).
+    done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer.fit_loop.restarting else 0
+    limit = trainer.limit_train_batches
+    epoch_length = min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
+    if epochs.processed > epochs.completed:  # saved in the epoch-end hooks: the epoch is done
+        return int(epochs.processed), 0
+    if done >= epoch_length:  # saved after the epoch's last batch
+        return int(epochs.processed) + 1, 0
+    return int(epochs.processed), done
 
 
 def default_workers() -> int:

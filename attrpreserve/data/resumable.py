@@ -78,6 +78,12 @@ class ResumableSampler(DistributedSampler):
                 raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value!r}.")
         super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)  # type: ignore[arg-type]
+        self.resume(epoch, skip)
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Make the next iteration run ``epoch`` without its first ``skip`` items."""
+        if epoch < 0 or skip < 0:
+            raise ValueError(f"Expected `epoch` and `skip` to be >= 0, but got epoch={epoch!r}, skip={skip!r}.")
         self.epoch, self.skip = epoch, skip
         self._resume_epoch: int | None = epoch if skip else None
 

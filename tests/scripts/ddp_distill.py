@@ -1,7 +1,8 @@
 """Run by tests in a subprocess: a 2-process gloo DDP distillation with SSWA matching and
 unstructured pruning, then a DDP evaluation of the result.
 
-Usage: python ddp_distill.py OUT_DIR
+Usage: python ddp_distill.py OUT_DIR [--cache]   (--cache: the teacher's outputs from a teacher
+cache that rank 0 builds in OUT_DIR/cache while rank 1 waits)
 Writes (rank 0) OUT_DIR/checkpoints/*.ckpt (ModelCheckpoint) and OUT_DIR/result.json: the
 world size, the synced validation metrics of the last epoch, the checkpoint path and the
 evaluation table computed by both ranks together.
@@ -21,10 +22,10 @@ from attrpreserve.models import vgg_small
 from attrpreserve.modules import DistillationModule
 
 
-def data() -> SyntheticDataModule:
+def data(**cache) -> SyntheticDataModule:
     # 16 validation/test images = 2 batches of 8 per rank: no padding duplicates under DDP
     return SyntheticDataModule(num_classes=3, image_size=64, num_train=32, num_val=16,
-                               num_test=16, batch_size=8, num_workers=0)
+                               num_test=16, batch_size=8, num_workers=0, **cache)
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=callbacks, default_root_dir=str(out),
     )
-    dm = data()
+    dm = data(cache_teacher=True, cache_views=2, cache_dir=str(out / "cache")) if "--cache" in sys.argv else data()
     trainer.fit(module, datamodule=dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     # The process group is still up: both ranks evaluate half of the batches each.
