@@ -60,7 +60,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=4, help="synthetic data only")
     p.add_argument("--seed", type=int, default=0, help="synthetic data only")
     p.add_argument("--methods", default="gradcam", help="comma-separated, e.g. gradcam,lrp,ebp")
-    p.add_argument("--protocol", default="paper", choices=("paper", "torchray"))
+    p.add_argument("--protocol", default="paper", choices=("paper", "torchray", "all"),
+                   help="paper: pairs the model predicts positive; all: every ground-truth pair (the same pairs for "
+                        "every model); torchray: every pair, 15 px tolerance, per-class mean")
     p.add_argument("--void-as-background", action="store_true",
                    help="count VOC void pixels as background (the reference scripts' behaviour)")
     p.add_argument("--max-batches", type=int, default=None)

@@ -17,7 +17,10 @@ Protocols (:data:`PROTOCOLS`):
 - ``"paper"`` (Park et al.): only the classes the model predicts positive (logit > 0) are scored,
   exact-pixel pointing game (tolerance 0), point accuracy over all scored maps;
 - ``"torchray"``: every ground-truth class is scored, a hit within 15 px of the mask (TorchRay's
-  rule, here in pixels of the evaluated image), point accuracy averaged per class.
+  rule, here in pixels of the evaluated image), point accuracy averaged per class;
+- ``"all"``: every ground-truth class is scored, exact-pixel pointing game, point accuracy over
+  all maps. Unlike ``"paper"``, every model is scored on the same pairs, so a model that predicts
+  fewer positives is not scored on only its easiest pairs: the fair way to compare students.
 
 Void mask pixels (255) are left out of both metrics (they can neither be the maximum nor count
 as object or background) unless ``count_void_as_background=True``, which counts them as
@@ -67,6 +70,7 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "paper": Protocol(predicted_only=True, tolerance=0, average="micro"),
     "torchray": Protocol(predicted_only=False, tolerance=15, average="class"),
+    "all": Protocol(predicted_only=False, tolerance=0, average="micro"),
 }
 
 METHOD_FIELDS = ("auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped")
@@ -102,7 +106,7 @@ def evaluate(
             ``labels`` ``[B, K]`` multi-hot and ``mask`` ``[B, H, W]`` (0 background, c+1 class c,
             255 void).
         methods: names of :mod:`attrpreserve.attribution.methods` (e.g. ``"gradcam"``, ``"lrp"``).
-        protocol: ``"paper"`` or ``"torchray"`` (see the module docstring).
+        protocol: ``"paper"``, ``"torchray"`` or ``"all"`` (see the module docstring).
         teacher: optional reference model; adds ``cos``/``l2`` between student and teacher maps
             (pairs: those the student keeps under the protocol).
         count_void_as_background: count void pixels as background (the reference scripts' way)

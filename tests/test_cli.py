@@ -76,7 +76,9 @@ def test_quickstart_tiny_run_writes_table_panels_and_checkpoints(tmp_path):
     for name in ("table.csv", "table.json", "table.md", "panels.png", "teacher.ckpt", "student_kd.ckpt",
                  "student_sswa.ckpt"):
         assert (tmp_path / name).is_file(), name
-    assert "| teacher |" in (tmp_path / "table.md").read_text()
+    assert (tmp_path / "table.md").read_text().count("| teacher |") == 2  # paper protocol, every pair
+    assert len({r["pairs (all)"] for r in rows}) == 1  # every model scored on the same pairs
+    assert all(r["pairs"] <= r["pairs (all)"] for r in rows)  # the paper's are those predicted positive
 
 
 def test_offline_wandb_run_folder_holds_scalars_images_and_table(tmp_path, monkeypatch):

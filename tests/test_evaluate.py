@@ -86,7 +86,7 @@ def _indicator(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([(mask == 1).float(), (mask == 2).float()])
 
 
-@pytest.mark.parametrize("protocol", ["paper", "torchray"])
+@pytest.mark.parametrize("protocol", ["paper", "torchray", "all"])
 def test_mask_as_map_scores_one_and_inverse_scores_zero(protocol):
     masks = _mask_case()
     logits = [[2.0, 1.0], [-1.0, 3.0], [0.5, -2.0]]
@@ -97,7 +97,7 @@ def test_mask_as_map_scores_one_and_inverse_scores_zero(protocol):
                        progress=False)["methods"]["channel"]
     assert inverse["auc"] == 0.0
     # exact pixel: the inverse map peaks on background; within 15 px of a 16 px image: always a hit
-    assert inverse["point_acc"] == (0.0 if protocol == "paper" else 1.0)
+    assert inverse["point_acc"] == (1.0 if protocol == "torchray" else 0.0)
     assert math.isnan(exact["cos"]) and math.isnan(exact["l2"])  # no teacher
 
 
@@ -125,6 +125,9 @@ def test_paper_and_torchray_protocols_differ_as_specified():
     assert torchray["methods"]["channel"]["point_acc"] == 0.75
     assert (torchray["methods"]["channel"]["num_pairs"], torchray["methods"]["channel"]["num_skipped"]) == (3, 0)
     assert paper["protocol"]["tolerance"] == 0 and torchray["protocol"]["tolerance"] == 15
+    # all: the three ground-truth pairs, exact pixel, over maps: only image 0's class 0 hits
+    every = evaluate(Oracle(), [batch], "channel", "all", progress=False)["methods"]["channel"]
+    assert (every["point_acc"], every["num_pairs"], every["num_skipped"]) == (pytest.approx(1 / 3), 3, 0)
 
 
 def test_void_pixels_ignored_or_counted_as_background():
