@@ -83,10 +83,11 @@ class ViewMixin:
 
         return cached_train_dataset(self, views=self.cache_views, cache_dir=self.cache_dir, seed=self.cache_seed)
 
-    def _loader(self, dataset: Dataset | None, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, name: str) -> DataLoader:
+        """An evaluation loader: dataset order."""
         if dataset is None:
             raise RuntimeError(f"`{name}` is not set: call `setup()` first.")
-        return make_loader(dataset, self.batch_size, shuffle, self.num_workers, self.pin_memory)
+        return DataLoader(dataset, shuffle=False, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
 
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled, augmented training batches, exactly resumable mid-epoch (see
@@ -105,11 +106,11 @@ class ViewMixin:
                                                                      self.pin_memory, seed), sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val_dataset", shuffle=False)
+        return self._loader(self.val_dataset, "val_dataset")
 
     def test_dataloader(self) -> DataLoader:
         """The localisation split (images, labels, masks), in dataset order."""
-        return self._loader(self.localization_dataset, "localization_dataset", shuffle=False)
+        return self._loader(self.localization_dataset, "localization_dataset")
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
@@ -130,13 +131,6 @@ def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None, se
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
         "generator": torch.Generator().manual_seed(seed),
     }
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, pin_memory: bool | None,
-                drop_last: bool = False) -> DataLoader:
-    """A DataLoader with :func:`loader_kwargs`."""
-    return DataLoader(dataset, shuffle=shuffle, drop_last=drop_last,
-                      **loader_kwargs(batch_size, num_workers, pin_memory))
 
 
 def resume_position(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:

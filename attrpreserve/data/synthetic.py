@@ -48,11 +48,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
-    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, make_loader,
+    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats,
 )
 
 SHAPES: tuple[str, ...] = (

@@ -34,14 +34,14 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
-    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, default_workers, make_loader, plain,
+    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, default_workers, plain,
 )
 
 VOC_CLASSES: tuple[str, ...] = (
