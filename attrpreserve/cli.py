@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,8 +78,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def _join_process_group(device: str) -> str:
     """Under torchrun (``WORLD_SIZE`` > 1), join its process group; returns this process's device."""
-    import os
-
     import torch.distributed as dist
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
@@ -103,6 +102,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     for method in methods:  # before any expensive work
         check_method(method)
     device = torch.device(_join_process_group(args.device))
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     module = load_module(args.ckpt)
     model = module.student if isinstance(module, DistillationModule) else module.model
     teacher = None
@@ -119,7 +119,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
                              num_workers=args.num_workers)
     data.setup("test")
     logger = None
-    if args.wandb and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+    if args.wandb and rank0:
         from attrpreserve.loggers import WandbLogger
 
         logger = WandbLogger(name=f"evaluate-{Path(args.ckpt).stem}")
@@ -128,7 +128,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
                       teacher=teacher.to(device) if teacher is not None else None,
                       count_void_as_background=args.void_as_background, max_batches=args.max_batches,
                       logger=logger, out=out)
-    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+    if rank0:
         print(format_table(result, plain=True))
         print(f"wrote {out}/results.json and {out}/results.csv")
     return result

@@ -140,7 +140,7 @@ class _ClassifierModule(pl.LightningModule):
         # between the two, and the run it replaces had neither at this point.
         states = getattr(self, "_rng_to_restore", None)
         if states:
-            rank = self.trainer.global_rank if self._trainer is not None else 0
+            rank = self.trainer.global_rank
             state = dict(states[rank] if rank < len(states) else states[0])
             if state.get("torch.cuda") and len(state["torch.cuda"]) != torch.cuda.device_count():
                 state.pop("torch.cuda")  # resumed on another machine: CUDA streams cannot be matched

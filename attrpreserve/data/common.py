@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from attrpreserve.data import transforms as T
-from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems
+from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems, resume_position
 
 IGNORE_INDEX = 255
 """Mask value of void pixels (VOC's object borders): ignored by every metric, never background."""
@@ -131,32 +131,6 @@ def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None, se
         "pin_memory": torch.cuda.is_available() if pin_memory is None else pin_memory,
         "generator": torch.Generator().manual_seed(seed),
     }
-
-
-def resume_position(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
-    """``(epoch, batches)``: where the training loader's first pass starts.
-
-    A fresh fit starts at ``(0, 0)``. A fit restored from a checkpoint written mid-epoch (after
-    ``batches`` training batches of ``epoch``) continues that epoch after those batches; one
-    written after an epoch's last batch continues with the next epoch. Read from the trainer's
-    restored loop progress, which Lightning loads before it asks for the training loader.
-
-    Args:
-        trainer: the attached trainer, or ``None``.
-        batches_per_epoch: training batches in a full epoch of this process.
-    """
-    if trainer is None:
-        return 0, 0
-    epochs = trainer.fit_loop.epoch_progress.current
-    # Mid-epoch progress counts only when resuming (a reload between epochs sees the last one's).
-    done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer.fit_loop.restarting else 0
-    limit = trainer.limit_train_batches
-    epoch_length = min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
-    if epochs.processed > epochs.completed:  # saved in the epoch-end hooks: the epoch is done
-        return int(epochs.processed), 0
-    if done >= epoch_length:  # saved after the epoch's last batch
-        return int(epochs.processed) + 1, 0
-    return int(epochs.processed), done
 
 
 def default_workers() -> int:

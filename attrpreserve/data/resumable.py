@@ -10,7 +10,7 @@ function of ``(seed, epoch, position)`` instead:
   its shard), can start its first epoch after ``skip`` items, and yields *keys*
   ``(index, draw_seed)`` with one seed per item and epoch.
 - :class:`SeededItems` wraps a dataset so that ``dataset[(index, draw_seed)]`` runs the item's
-  random transforms under ``torch.manual_seed(draw_seed)`` in a forked RNG: the crop and flip of
+  random transforms with torch's CPU generator seeded by ``draw_seed``, in a forked RNG: the crop and flip of
   an item no longer depend on which batch, worker or process fetched it before, and the global
   generator (dropout) is left alone. Plain integer indices pass through unchanged.
 
@@ -73,9 +73,8 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, data_source: Sized, shuffle: bool = True, seed: int = 0, epoch: int = 0, skip: int = 0,
                  num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
-        for name, value in (("seed", seed), ("epoch", epoch), ("skip", skip)):
-            if value < 0:
-                raise ValueError(f"Expected argument `{name}` to be >= 0, but got {value!r}.")
+        if seed < 0:
+            raise ValueError(f"Expected argument `seed` to be >= 0, but got {seed!r}.")
         super().__init__(data_source, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)  # type: ignore[arg-type]
         self.resume(epoch, skip)
@@ -83,7 +82,7 @@ class ResumableSampler(DistributedSampler):
     def resume(self, epoch: int, skip: int) -> None:
         """Make the next iteration run ``epoch`` without its first ``skip`` items."""
         if epoch < 0 or skip < 0:
-            raise ValueError(f"Expected `epoch` and `skip` to be >= 0, but got epoch={epoch!r}, skip={skip!r}.")
+            raise ValueError(f"Expected arguments `epoch` and `skip` to be >= 0, but got {epoch=!r}, {skip=!r}.")
         self.epoch, self.skip = epoch, skip
         self._resume_epoch: int | None = epoch if skip else None
 
@@ -115,7 +114,8 @@ class ResumableSampler(DistributedSampler):
 
 class SeededItems(Dataset):
     """``dataset`` whose items, fetched by a ``(index, draw_seed)`` key, draw their randomness from
-    ``torch.manual_seed(draw_seed)`` (in a forked RNG, so the caller's generator is untouched).
+    torch's CPU generator seeded with ``draw_seed`` (in a forked RNG, so the caller's generator is
+    untouched).
 
     An ``int`` key fetches ``dataset[index]`` as it is. Attributes of ``dataset`` are reachable
     through the wrapper.
@@ -155,7 +155,7 @@ class ResumableLoader(DataLoader):
 
     Lightning saves the ``state_dict()`` of a training loader that has one and hands it back to
     ``load_state_dict`` before the resumed run's first batch; the position within the epoch comes
-    from the trainer's restored loop progress (``attrpreserve.data.common.resume_position``).
+    from the trainer's restored loop progress (:func:`resume_position`).
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -164,3 +164,29 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "seed" in state_dict:
             self.sampler.seed = int(state_dict["seed"])  # type: ignore[attr-defined]
+
+
+def resume_position(trainer: Any, batches_per_epoch: int) -> tuple[int, int]:
+    """``(epoch, batches)``: where the training loader's first pass starts.
+
+    A fresh fit starts at ``(0, 0)``. A fit restored from a checkpoint written mid-epoch (after
+    ``batches`` training batches of ``epoch``) continues that epoch after those batches; one
+    written after an epoch's last batch continues with the next epoch. Read from the trainer's
+    restored loop progress, which Lightning loads before it asks for the training loader.
+
+    Args:
+        trainer: the attached trainer, or ``None``.
+        batches_per_epoch: training batches in a full epoch of this process.
+    """
+    if trainer is None:
+        return 0, 0
+    epochs = trainer.fit_loop.epoch_progress.current
+    # Mid-epoch progress counts only when resuming (a reload between epochs sees the last one's).
+    done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer.fit_loop.restarting else 0
+    limit = trainer.limit_train_batches
+    epoch_length = min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
+    if epochs.processed > epochs.completed:  # saved in the epoch-end hooks: the epoch is done
+        return int(epochs.processed), 0
+    if done >= epoch_length:  # saved after the epoch's last batch
+        return int(epochs.processed) + 1, 0
+    return int(epochs.processed), done
