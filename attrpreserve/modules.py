@@ -6,6 +6,7 @@ Neither holds matching or pruning logic: callbacks plug in through :mod:`attrpre
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -147,6 +148,20 @@ class _ClassifierModule(pl.LightningModule):
             set_rng_states(state)
         self._rng_to_restore = None
 
+    def _store_specs(self, **specs: dict[str, Any] | None) -> None:
+        """Replace network arguments in ``hparams`` by their specs, and drop LightningCLI's keys.
+
+        Under ``attrpreserve fit`` LightningCLI hands ``save_hyperparameters`` its own config
+        (``class_path`` dicts for the networks) plus ``_instantiator``/``_class_path``, which
+        make ``load_from_checkpoint`` re-parse that config through jsonargparse: a spec dict
+        fails there. Our checkpoints rebuild from the specs alone, whoever built the module,
+        so the run's config (and the logger's copy) holds the same plain values either way.
+        """
+        for key in ("_instantiator", "_class_path"):
+            self.hparams.pop(key, None)
+        self.hparams.update(specs)
+        self._hparams_initial = copy.deepcopy(self.hparams)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (overridden: the student's only)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -216,7 +231,7 @@ class TeacherModule(_ClassifierModule):
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         # The spec (not the weights) lets load_from_checkpoint rebuild the network.
-        self.hparams["model"] = model_spec(model)
+        self._store_specs(model=model_spec(model))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -312,8 +327,7 @@ class DistillationModule(_ClassifierModule):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.save_hyperparameters(ignore=["teacher", "student"])
-        self.hparams["teacher"] = model_spec(teacher)
-        self.hparams["student"] = model_spec(student)
+        self._store_specs(teacher=model_spec(teacher), student=model_spec(student))
         self._terms: dict[str, LossTerm] = {}
         self.skipped_steps = 0
 
