@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 	$(BIN)/attrpreserve quickstart --out runs/quickstart
 
 test: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python -m pytest -n 2 --dist loadgroup attrpreserve tests
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 WANDB_MODE=offline $(BIN)/python -m pytest -n 2 --dist loadgroup attrpreserve tests
 
 clean:
 	rm -rf $(VENV) runs

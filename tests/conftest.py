@@ -3,10 +3,17 @@
 ``write_voc_folder(root, ...)`` is a plain function so tests can build variants (corrupt JPEG,
 missing XML, unknown class, masks of another size...); ``voc_objects(index)`` is the ground
 truth it draws, for tests to compute expected labels and masks independently of the reader.
+
+Threads: every test runs with one torch thread (intra- and, where torch still allows it,
+inter-op), and subprocesses the tests start inherit ``OMP_NUM_THREADS=1``/``MKL_NUM_THREADS=1``.
+The models and tensors here are tiny and ``make test`` runs two xdist workers on small
+machines: more threads per worker only oversubscribe the cores (a 40x slowdown on a busy
+2-core box), and a thread count that differs between runs would change float reductions.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +29,29 @@ VOC_NAMES = (
 HEIGHT, WIDTH = 40, 48
 NUM_IMAGES = 6
 VOID = 255
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin this process (controller and each xdist worker) to one torch thread before any test,
+    doctests under ``attrpreserve/`` included; children (xdist workers, the subprocesses that
+    tests start) inherit the environment."""
+    for name in THREAD_ENV:
+        os.environ[name] = "1"
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # only allowed once, before any inter-op work; then it keeps its pool
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Re-pin before and after every test: code under test may set its own thread count
+    (``quickstart --threads``, the lottery example) and must not leak it into the next test."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 def voc_id(index: int) -> str:

@@ -56,6 +56,19 @@ def _student(seed=1):
     return vgg_small(num_classes=3, width_divisor=8)
 
 
+class _ModeRecorder(pl.Callback):
+    """(teacher.training, student.training) at every training and validation batch."""
+
+    def __init__(self) -> None:
+        self.seen = {"train": set(), "val": set()}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen["train"].add((pl_module.teacher.training, pl_module.student.training))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self.seen["val"].add((pl_module.teacher.training, pl_module.student.training))
+
+
 def test_teacher_frozen_eval_and_unchanged_after_fit():
     teacher = _teacher()
     # Give BN non-trivial running stats so a drift would show.
@@ -64,15 +77,21 @@ def test_teacher_frozen_eval_and_unchanged_after_fit():
         teacher(torch.randn(16, 3, 32, 32))
     before = copy.deepcopy(teacher.state_dict())
     module = DistillationModule(teacher, _student(), lr=0.05, milestones=(5,))
-    trainer = _trainer(max_epochs=2, callbacks=[AttributionMatching(mode="sswa", weight=10.0)])
+    modes = _ModeRecorder()
+    trainer = _trainer(max_epochs=2, callbacks=[AttributionMatching(mode="sswa", weight=10.0), modes])
     trainer.fit(module, _loader(), _loader(16, seed=1))
-    assert not module.teacher.training and module.student.training is False or True
+    # Lightning switches the module to train mode for every training epoch (and back after each
+    # validation): the student follows, the teacher stays in eval mode throughout and after.
+    assert modes.seen["train"] == {(False, True)} and modes.seen["val"] == {(False, False)}, modes.seen
+    assert not module.teacher.training and module.student.training
     assert all(not p.requires_grad for p in module.teacher.parameters())
     for k, v in module.teacher.state_dict().items():
         torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
     # The optimiser holds the student's parameters only.
     opt_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in module.student.parameters()}
+    module.eval()
+    assert not module.teacher.training and not module.student.training
     module.train()
     assert not module.teacher.training and module.student.training
 

@@ -21,15 +21,6 @@ from attrpreserve.models import vgg_small
 VOID = 255
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Oracle(nn.Module):
     """Reads its logits from the image: pixel (channel 2, row 0, column k) is the logit of class k.
     Channels 0 and 1 carry the maps the ``channel`` method returns for classes 0 and 1."""

@@ -35,15 +35,6 @@ def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (100x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def net() -> nn.Module:
     torch.manual_seed(0)

@@ -360,7 +360,7 @@ def test_classification_metrics_against_sklearn():
     metrics.update(probs[:25], target[:25])
     metrics.update(probs[25:], target[25:])
     out = metrics.compute()
-    assert set(out) == {"test/map", "test/map_image", "test/f1"}
+    assert set(out) == {"test/map", "test/map_image", "test/f1", "test/num_classes_averaged"}
     y, p = target.numpy(), probs.numpy()
     assert out["test/map"].item() == pytest.approx(average_precision_score(y, p, average="macro"), abs=1e-5)
     per_image = np.mean([average_precision_score(t, s) for s, t in zip(p, y) if t.any()])
@@ -421,9 +421,16 @@ def test_forward_update_compute_reset_contract(make, fn, inputs):
 
 def test_validate_args_false_skips_checks_but_computes_the_same():
     heat, masks, ignore = _random_batch(seed=13)
+    # Not 0/1, so validation rejects them; the computation reads any nonzero value as True.
+    loose_masks, loose_ignore = masks.float() * 2, ignore.to(torch.uint8) * 7
+    for make in (lambda v: PointingGame(tolerance=2, validate_args=v), lambda v: MaskAUROC(validate_args=v)):
+        with pytest.raises(ValueError, match="`masks` to be bool or contain only 0 and 1"):
+            make(True).update(heat, loose_masks, ignore=ignore)
+        with pytest.raises(ValueError, match="`ignore` to be bool or contain only 0 and 1"):
+            make(True).update(heat, masks, ignore=loose_ignore)
     fast = PointingGame(tolerance=2, validate_args=False)
-    fast.update(heat, masks.float(), ignore=ignore)
+    fast.update(heat, loose_masks, ignore=loose_ignore)
     assert fast.compute() == pointing_game(heat, masks, ignore=ignore, tolerance=2)
     fast_auc = MaskAUROC(validate_args=False)
-    fast_auc.update(heat, masks, ignore=ignore)
+    fast_auc.update(heat, loose_masks, ignore=loose_ignore)
     assert fast_auc.compute() == mask_auroc(heat, masks, ignore)

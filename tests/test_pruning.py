@@ -18,15 +18,6 @@ from attrpreserve.modules import DistillationModule
 from attrpreserve.surgery import conv_layers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: threads only add contention on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Blobs(Dataset):
     """Multi-label 32 px images: class c is a bright square in quadrant c."""
 

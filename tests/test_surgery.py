@@ -13,15 +13,6 @@ from attrpreserve.surgery import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: threads only add contention on a shared CI machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny() -> nn.Sequential:
     # 8x8 input: conv 3->4 (pad 1) 8x8, pool 4x4, grouped conv 4->4 (groups 2, pad 1) 4x4,
     # conv 4->6 (no pad) 2x2, flatten 24, linear 24->5.
