@@ -1,7 +1,8 @@
 """Per-image average precision: rank one image's classes by score, averaged over images.
 
 This is what the paper's reference code reports as "mAP"; the standard VOC mAP (per class, over
-images) is torchmetrics' ``MultilabelAveragePrecision(average="macro")``.
+images, averaged over the classes present) is
+:class:`~attrpreserve.metrics.predictive.PresentClassAveragePrecision`.
 """
 
 import torch
