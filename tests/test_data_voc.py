@@ -72,12 +72,16 @@ def test_image_normalised_and_denormalize_inverts(voc_root):
     assert torch.allclose(denormalize(item["image"], VOC_MEAN, VOC_STD), raw, atol=1e-5)
 
 
-def test_mask_of_other_size_is_resized(tmp_path):
+def test_mask_of_other_size_is_an_error_not_resized(tmp_path):
     voc = write_voc_folder(tmp_path, mask_scale={1: 2, 4: 3})
     ds = VOCDataset(voc, "val", segmentation=True)
     for row, image_id in enumerate(ds.ids):
         index = int(image_id.split("_")[1])
-        assert torch.equal(ds[row]["mask"], torch.from_numpy(voc_mask(index)).long()), image_id
+        if index in (1, 4):
+            with pytest.raises(ValueError, match=rf"SegmentationClass/{image_id}\.png.*JPEGImages/{image_id}\.jpg"):
+                ds[row]
+        else:
+            assert torch.equal(ds[row]["mask"], torch.from_numpy(voc_mask(index)).long()), image_id
 
 
 @pytest.mark.parametrize("layout", ["devkit", "voc2012", "flat"])

@@ -16,8 +16,13 @@ too, so a model is judged on one label definition; its masks are the palette ind
 (class c is c+1, void stays 255 and is never folded into background).
 
 Nothing is downloaded. File existence is checked in ``setup()`` (a missing folder, split file,
-image, XML or mask raises FileNotFoundError naming it); a corrupt image or mask raises
-ValueError naming the file when the item is read.
+image, XML or mask raises FileNotFoundError naming it). Broken data never passes silently: a split
+file listing an id twice, an unparsable XML, an unknown class name, or (classification splits) an
+XML naming no object raises when the dataset is built; a corrupt image or mask, a mask whose size
+differs from its image's, or an image whose size differs from its XML's ``<size>`` raises when the
+item is read. Each raises a :class:`DataError` (a ValueError) naming the file(s), what is wrong and
+what was expected; :func:`attrpreserve.data.check.validate_data` runs the same checks over a whole
+folder and lists every problem.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from __future__ import annotations
 import hashlib
 import os
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -36,8 +43,6 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
@@ -66,6 +71,44 @@ _VALID_MASK_VALUES = frozenset(range(len(VOC_CLASSES) + 1)) | {IGNORE_INDEX}
 JointTransform = Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file of a data folder: the file, what is wrong, what was expected."""
+
+    file: Path
+    what: str
+    expected: str
+
+    def __str__(self) -> str:
+        return f"{self.what}; expected {self.expected}."
+
+
+class DataError(ValueError):
+    """A data file is not what the reader expects; a ValueError that carries its :class:`Problem`.
+
+    The readers below raise it, so a data set fails on the first broken file it reads and
+    :func:`attrpreserve.data.check.validate_data` can collect every one instead.
+    """
+
+    def __init__(self, file: str | os.PathLike, what: str, expected: str) -> None:
+        self.problem = Problem(Path(file), what, expected)
+        super().__init__(str(self.problem))
+
+
+class Annotation(NamedTuple):
+    """What a VOC XML says: positive class indices (sorted), ``<size>`` as ``(height, width)`` or
+    None, and the number of ``<object>``s (difficult ones included)."""
+
+    classes: list[int]
+    size: tuple[int, int] | None
+    num_objects: int
+
+
+def _wxh(size: Sequence[int]) -> str:
+    """``(height, width)`` as the ``WxH`` people read."""
+    return f"{size[1]}x{size[0]}"
+
+
 def find_voc_root(root: str | os.PathLike) -> Path:
     """The VOC2012 folder: ``root`` itself, ``root/VOCdevkit/VOC2012`` or ``root/VOC2012``.
 
@@ -92,43 +135,137 @@ def find_voc_root(root: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"No VOC2012 folder found under {str(base)!r} (tried {tried}). {_LAYOUT_HINT}")
 
 
-def read_split(path: Path) -> list[str]:
-    """Image ids of a split file (first token of each non-blank line).
+def read_split_ids(path: Path) -> list[str]:
+    """Image ids of a split file as listed (first token of each non-blank line), unchecked.
 
     Raises:
         FileNotFoundError: the file is missing.
-        ValueError: the file lists no ids.
     """
     if not path.is_file():
         raise FileNotFoundError(f"Split file {str(path)!r} not found. {_LAYOUT_HINT}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_split_ids(ids: Sequence[str], path: Path) -> None:
+    """A split lists each image once: a repeated id would weigh that image twice in training and
+    in every metric, and is a sign of a badly merged split file.
+
+    Raises:
+        DataError: the file lists no ids, or some id more than once (all repeated ids named).
+    """
     if not ids:
-        raise ValueError(f"Split file {str(path)!r} is empty: expected one image id per line.")
+        raise DataError(path, f"Split file {str(path)!r} is empty", "one image id per line")
+    repeated = [image_id for image_id, n in Counter(ids).items() if n > 1]
+    if repeated:
+        shown = ", ".join(repr(i) for i in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10
+                                                              else "")
+        raise DataError(path, f"Split file {str(path)!r} lists {len(repeated)} image ids more than once: {shown}",
+                        "each image id once")
+
+
+def read_split(path: Path) -> list[str]:
+    """Image ids of a split file (first token of each non-blank line), each once.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: (a ValueError) the file lists no ids or repeats one (see :func:`check_split_ids`).
+    """
+    ids = read_split_ids(path)
+    check_split_ids(ids, path)
     return ids
 
 
-def parse_annotation(path: Path, include_difficult: bool = True) -> list[int]:
-    """Sorted class indices of the ``<object><name>``s of one VOC XML.
+def _annotation_size(root: ET.Element, path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of the XML's ``<size>``; None without one."""
+    size = root.find("size")
+    if size is None:
+        return None
+    try:
+        height, width = int((size.findtext("height") or "").strip()), int((size.findtext("width") or "").strip())
+    except ValueError:
+        height = width = 0
+    if height < 1 or width < 1:
+        raise DataError(path, f"Annotation {str(path)!r} has a <size> without a positive integer <width> and "
+                        "<height>", "positive integers, as in VOC, or no <size> element")
+    return height, width
+
+
+def read_annotation(path: Path, include_difficult: bool = True) -> Annotation:
+    """Positive classes, ``<size>`` and object count of one VOC XML.
 
     Raises:
-        ValueError: the XML does not parse, or names a class not in :data:`VOC_CLASSES`
-            (the message names the file and lists the allowed names).
+        DataError: (a ValueError) the XML does not parse, names a class not in
+            :data:`VOC_CLASSES` (the message lists the allowed names), or has a ``<size>`` that is
+            not two positive integers.
     """
     try:
-        tree = ET.parse(path)
+        root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
-        raise ValueError(f"Could not parse annotation {str(path)!r}: {err}.") from None
+        raise DataError(path, f"Could not parse annotation {str(path)!r}: {err}", "a VOC annotation XML") from None
     classes = set()
-    for obj in tree.getroot().iter("object"):
+    objects = list(root.iter("object"))
+    for obj in objects:
         name = (obj.findtext("name") or "").strip()
         if name not in VOC_CLASSES:
-            raise ValueError(
-                f"Unknown class {name!r} in annotation {str(path)!r}. Allowed names: {', '.join(VOC_CLASSES)}."
-            )
+            raise DataError(path, f"Unknown class {name!r} in annotation {str(path)!r}",
+                            f"one of the VOC class names: {', '.join(VOC_CLASSES)}")
         if not include_difficult and (obj.findtext("difficult") or "0").strip() == "1":
             continue
         classes.add(VOC_CLASSES.index(name))
-    return sorted(classes)
+    return Annotation(sorted(classes), _annotation_size(root, path), len(objects))
+
+
+def parse_annotation(path: Path, include_difficult: bool = True) -> list[int]:
+    """Sorted class indices of the ``<object><name>``s of one VOC XML (see :func:`read_annotation`).
+
+    Raises:
+        DataError: (a ValueError) the XML does not parse or names a class not in
+            :data:`VOC_CLASSES` (the message names the file and lists the allowed names).
+    """
+    return read_annotation(path, include_difficult).classes
+
+
+def check_has_objects(annotation: Annotation, path: Path) -> None:
+    """A classification image has at least one object: an XML naming none is an all-negative
+    image, which VOC never has, so the XML is empty or belongs to another data set.
+
+    With ``include_difficult=False`` an image whose objects are all difficult has no positive
+    label and still passes: that is VOC's own definition, not broken data.
+
+    Raises:
+        DataError: the XML has no ``<object>``.
+    """
+    if annotation.num_objects == 0:
+        raise DataError(path, f"Annotation {str(path)!r} names no object, so its image has no positive label",
+                        "at least one <object><name> per image of a classification split")
+
+
+def check_image_size(image_size: Sequence[int], image_path: Path, annotation: Annotation, xml_path: Path) -> None:
+    """The decoded image has the size its XML gives, so the XML describes this very image.
+
+    ``image_size`` is ``(height, width)``; an XML without ``<size>`` is accepted.
+
+    Raises:
+        DataError: the sizes differ (both files and both sizes named).
+    """
+    if annotation.size is not None and tuple(annotation.size) != tuple(image_size):
+        raise DataError(xml_path, f"Annotation {str(xml_path)!r} gives the size {_wxh(annotation.size)} (width x "
+                        f"height) but image {str(image_path)!r} is {_wxh(image_size)}",
+                        "the XML's <size> to match its image")
+
+
+def check_mask_size(mask_size: Sequence[int], mask_path: Path, image_size: Sequence[int], image_path: Path) -> None:
+    """A mask has its image's size: VOC's always do, so a mismatch means the wrong mask or image
+    (resizing it would silently misplace every object).
+
+    Sizes are ``(height, width)``.
+
+    Raises:
+        DataError: the sizes differ (both files and both sizes named).
+    """
+    if tuple(mask_size) != tuple(image_size):
+        raise DataError(mask_path, f"Mask {str(mask_path)!r} is {_wxh(mask_size)} (width x height) but its image "
+                        f"{str(image_path)!r} is {_wxh(image_size)}", "a mask of its image's size")
 
 
 def _missing(folder: Path, ids: Sequence[str], suffix: str, what: str, split_file: Path) -> None:
@@ -143,12 +280,17 @@ def _missing(folder: Path, ids: Sequence[str], suffix: str, what: str, split_fil
 
 
 def read_image(path: Path) -> Tensor:
-    """RGB uint8 ``[3, H, W]`` image; ValueError naming the file when it cannot be decoded."""
+    """RGB uint8 ``[3, H, W]`` image.
+
+    Raises:
+        DataError: (a ValueError) the file cannot be decoded (named).
+    """
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"))
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for corrupt files
-        raise ValueError(f"Could not read image {str(path)!r}: {err}.") from None
+        raise DataError(path, f"Could not read image {str(path)!r}: {err}", "a JPEG (or other image) PIL can "
+                        "decode") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
@@ -156,23 +298,22 @@ def read_mask(path: Path) -> Tensor:
     """Class-id mask ``[H, W]`` (uint8) of a palette (or grayscale) PNG; the palette index is the id.
 
     Raises:
-        ValueError: the file cannot be decoded, is not a palette/grayscale image, or holds values
-            other than 0..20 and 255.
+        DataError: (a ValueError) the file cannot be decoded, is not a palette/grayscale image, or
+            holds values other than 0..20 and 255.
     """
     try:
         with Image.open(path) as img:
             mode = img.mode
             array = np.array(img) if mode in ("P", "L") else None
     except Exception as err:
-        raise ValueError(f"Could not read mask {str(path)!r}: {err}.") from None
+        raise DataError(path, f"Could not read mask {str(path)!r}: {err}", "a palette PNG PIL can decode") from None
     if array is None:
-        raise ValueError(
-            f"Mask {str(path)!r} has PIL mode {mode!r}; expected a palette ('P') or grayscale ('L') PNG whose "
-            "values are class ids (0 background, c+1 class c, 255 void), like SegmentationClass/."
-        )
+        raise DataError(path, f"Mask {str(path)!r} has PIL mode {mode!r}", "a palette ('P') or grayscale ('L') PNG "
+                        "whose values are class ids (0 background, c+1 class c, 255 void), like SegmentationClass/")
     bad = sorted(set(np.unique(array).tolist()) - _VALID_MASK_VALUES)
     if bad:
-        raise ValueError(f"Mask {str(path)!r} holds values {bad[:10]}; allowed: 0..{len(VOC_CLASSES)} and 255.")
+        raise DataError(path, f"Mask {str(path)!r} holds values {bad[:10]}",
+                        f"only 0..{len(VOC_CLASSES)} and 255 (allowed)")
     return torch.from_numpy(array.astype(np.uint8))
 
 
@@ -190,12 +331,16 @@ class VOCDataset(Dataset):
         include_difficult: count objects marked ``difficult`` as positives.
 
     Items: ``image`` float32 [3,H,W] normalised; ``labels`` float32 [20] multi-hot; ``mask``
-    int64 [H,W] (0 background, c+1 class c, 255 void; resized to the image when sizes differ);
-    ``index`` int.
+    int64 [H,W] (0 background, c+1 class c, 255 void; the source mask has the source image's size,
+    any resizing is the transform's); ``index`` int.
 
     Raises:
         FileNotFoundError: missing root, split file, image, XML or mask (named in the message).
-        ValueError: empty split file, unknown class name or unparsable XML (named).
+        DataError: (a ValueError, naming the file and what was expected) at construction, for an
+            empty split file or one listing an id twice, an unparsable XML, an unknown class name,
+            or, in a classification split, an XML naming no object; when an item is read, for a
+            corrupt image or mask, a mask whose size differs from its image's, or an image whose
+            size differs from its XML's ``<size>``.
     """
 
     def __init__(
@@ -220,8 +365,13 @@ class VOCDataset(Dataset):
         if segmentation:
             _missing(self.root / "SegmentationClass", self.ids, ".png", "masks", self.split_file)
         labels = torch.zeros(len(self.ids), len(VOC_CLASSES))
-        for row, image_id in enumerate(self.ids):
-            labels[row, parse_annotation(self.root / "Annotations" / f"{image_id}.xml", include_difficult)] = 1.0
+        self.annotations: list[Annotation] = []
+        for row in range(len(self.ids)):
+            annotation = read_annotation(self.annotation_path(row), include_difficult)
+            if not segmentation:  # classification needs labels; a mask carries the localisation split's
+                check_has_objects(annotation, self.annotation_path(row))
+            labels[row, annotation.classes] = 1.0
+            self.annotations.append(annotation)
         self.labels = labels
 
     def __len__(self) -> int:
@@ -233,13 +383,17 @@ class VOCDataset(Dataset):
     def mask_path(self, index: int) -> Path:
         return self.root / "SegmentationClass" / f"{self.ids[index]}.png"
 
+    def annotation_path(self, index: int) -> Path:
+        return self.root / "Annotations" / f"{self.ids[index]}.xml"
+
     def image_size_of(self, index: int) -> tuple[int, int]:
         """``(height, width)`` of the source image (header only), for view sampling."""
         try:
             with Image.open(self.image_path(index)) as img:
                 width, height = img.size
         except Exception as err:
-            raise ValueError(f"Could not read image {str(self.image_path(index))!r}: {err}.") from None
+            raise DataError(self.image_path(index), f"Could not read image {str(self.image_path(index))!r}: {err}",
+                            "a JPEG (or other image) PIL can decode") from None
         return height, width
 
     def fingerprint(self) -> str:
@@ -253,12 +407,13 @@ class VOCDataset(Dataset):
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} items")
         image = tv_tensors.Image(read_image(self.image_path(index)))
+        size = tuple(image.shape[-2:])
+        check_image_size(size, self.image_path(index), self.annotations[index], self.annotation_path(index))
         mask = None
         if self.segmentation:
             raw = read_mask(self.mask_path(index))
+            check_mask_size(tuple(raw.shape), self.mask_path(index), size, self.image_path(index))
             mask = tv_tensors.Mask(raw)
-            if tuple(raw.shape) != tuple(image.shape[-2:]):
-                mask = F.resize(mask, list(image.shape[-2:]), interpolation=InterpolationMode.NEAREST)
         if self.transform is not None:
             if mask is None:
                 image = self.transform(image)
