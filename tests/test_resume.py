@@ -3,15 +3,20 @@
 that was never interrupted (deterministic=True, fixed seed); two identical runs give identical
 metrics.
 
-The runs are real subprocesses of the command line. Exactness holds because every source of
-randomness is either restored from the checkpoint (global RNG: dropout; the matching callback's
-channel-drop generator) or a pure function of (seed, epoch, item) (shuffle and augmentation,
-attrpreserve.data.resumable), and the resumed loader skips the batches already trained on.
+The run that is killed is a real subprocess of the command line (a SIGKILL must not take the test
+process with it); the uninterrupted reference and the resumed run go through the same command
+line class in this process, with the same config and seed, one torch thread each (the
+subprocess gets OMP_NUM_THREADS=1), so the three agree bit for bit. Exactness holds because every
+source of randomness is either restored from the checkpoint (global RNG: dropout; the matching
+callback's channel-drop generator) or a pure function of (seed, epoch, item) (shuffle and
+augmentation, attrpreserve.data.resumable), and the resumed loader skips the batches already
+trained on.
 """
 
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,16 +67,28 @@ trainer:
 """
 
 
-def _fit(config: Path, kill_at: int | None = None, resume: bool = False) -> subprocess.CompletedProcess:
+def _fit_killed(config: Path, kill_at: int) -> subprocess.CompletedProcess:
+    """``attrpreserve fit --config CONFIG`` in a subprocess that SIGKILLs itself before step ``kill_at``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    env.pop("KILL_AT_STEP", None)
-    if kill_at is not None:
-        env["KILL_AT_STEP"] = str(kill_at)
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline", "KILL_AT_STEP": str(kill_at)}
     command = [sys.executable, "-m", "attrpreserve", "fit", "--config", str(config)]
-    if resume:
-        command += ["--ckpt_path", "last"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=config.parent)
+
+
+def _fit_here(config: Path, monkeypatch: pytest.MonkeyPatch, resume: bool = False):
+    """``attrpreserve fit --config CONFIG [--ckpt_path last]`` in this process (KillAtStep inert);
+    returns the trainer and the messages of the warnings raised during the fit."""
+    from attrpreserve.cli import AttrPreserveCLI
+
+    with monkeypatch.context() as patch:
+        patch.delenv("KILL_AT_STEP", raising=False)  # set, it would kill the test process
+        patch.syspath_prepend(str(SCRIPTS))  # the config names kill_at_step.KillAtStep
+        patch.chdir(config.parent)
+        args = ["fit", "--config", str(config)] + (["--ckpt_path", "last"] if resume else [])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli = AttrPreserveCLI(args)
+    return cli.trainer, [str(w.message) for w in caught]
 
 
 def _config(root: Path, pruning: str) -> Path:
@@ -104,21 +121,21 @@ def _load(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("pruning", sorted(PRUNING))
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, pruning):
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, monkeypatch, pruning):
     kill_at = STEPS_PER_EPOCH + 2  # epoch 1, third batch: after a pruning round, mid-epoch
-    ref = _fit(_config(tmp_path / "reference", pruning))
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    ref, _ = _fit_here(_config(tmp_path / "reference", pruning), monkeypatch)
+    assert ref.global_step == 3 * STEPS_PER_EPOCH and ref.ckpt_path is None
 
     config = _config(tmp_path / "crashed", pruning)
-    killed = _fit(config, kill_at=kill_at)
+    killed = _fit_killed(config, kill_at=kill_at)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL: no chance to save anything more
-    at_kill = _load(tmp_path / "crashed" / "checkpoints" / "last.ckpt")
+    last = tmp_path / "crashed" / "checkpoints" / "last.ckpt"
+    at_kill = _load(last)
     assert at_kill["global_step"] == kill_at and at_kill["epoch"] == 1
 
-    resumed = _fit(config, resume=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "last.ckpt" in resumed.stderr  # Lightning names the checkpoint it restores
-    assert "not resumable" not in resumed.stderr  # our loader is: no mid-epoch warning
+    resumed, warned = _fit_here(config, monkeypatch, resume=True)
+    assert Path(resumed.ckpt_path).resolve() == last.resolve()  # `last` found the killed run's checkpoint
+    assert not [m for m in warned if "not resumable" in m], warned  # our loader is: no mid-epoch warning
 
     a = _load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     b = _load(tmp_path / "crashed" / "checkpoints" / "last.ckpt")
