@@ -7,6 +7,7 @@ Interpretation", NeurIPS 2020.
 from attrpreserve.callbacks import (
     AttributionMatching,
     AttributionPanels,
+    LocalizationMonitor,
     StructuredPruning,
     UnstructuredPruning,
 )
@@ -18,7 +19,7 @@ from attrpreserve.teacher_cache import TeacherCache
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributionMatching", "AttributionPanels", "DistillationModule", "StructuredPruning",
+    "AttributionMatching", "AttributionPanels", "DistillationModule", "LocalizationMonitor", "StructuredPruning",
     "SyntheticDataModule", "TeacherCache", "TeacherModule", "UnstructuredPruning", "VOCDataModule", "evaluate",
     "load_module", "load_network",
 ]

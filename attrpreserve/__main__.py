@@ -1,6 +1,8 @@
 """``python -m attrpreserve`` (and ``torchrun -m attrpreserve evaluate ...``): the ``attrpreserve`` command."""
 
+import sys
+
 from attrpreserve.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -90,6 +90,9 @@ def evaluate(
     logger: Any = None,
     out: str | os.PathLike | None = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    teacher_method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    max_images: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
 
@@ -118,6 +121,12 @@ def evaluate(
         out: optional folder; ``results.json`` and ``results.csv`` are written there.
         method_kwargs: per method, extra arguments of :func:`~attrpreserve.attribution.attribute`
             (``layer`` and knobs), e.g. ``{"ig": {"n_steps": 16}, "lrp": {"composite": "alpha1_beta0"}}``.
+        teacher_method_kwargs: the same for the teacher's maps (default: ``method_kwargs``); a
+            teacher of another architecture needs its own ``layer`` here.
+        max_images: score the first ``max_images`` images only (the last batch is cut).
+        provenance: extra entries for ``result["provenance"]`` (the CLI adds the checkpoint, its
+            hash and the data root), which already names the networks, each method's layer and
+            knobs, the protocol, the image count and the package versions.
 
     Returns:
         ``{"metrics": {"map", "map_image", "f1", "num_images"}, "methods": {name: {"auc",
@@ -146,9 +155,15 @@ def evaluate(
     rules = _check_arguments(model, methods, protocol, teacher, count_void_as_background, max_batches, progress,
                              method_kwargs)
     names = [methods] if isinstance(methods, str) else list(methods)
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"Expected argument `max_images` to be a positive int or None, but got {max_images!r}.")
+    if teacher_method_kwargs is not None:
+        _check_arguments(model, names, protocol, teacher, count_void_as_background, None, progress,
+                         teacher_method_kwargs)
     kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
+    teacher_kwargs = {name: dict((teacher_method_kwargs or method_kwargs or {}).get(name, {})) for name in names}
     world, rank = _world()
-    batches, total = _batches(data, max_batches, world, rank)
+    batches, total = _batches(data, max_batches, world, rank, max_images)
     first = next(batches, None)
     if first is None:
         raise ValueError("Expected argument `data` to yield at least one batch, but it yielded none.")
@@ -172,14 +187,16 @@ def evaluate(
         for index, batch in enumerate(chain([first], batches)):
             if index:
                 _check_batch(batch, index, num_classes)
-            _score_batch(model, teacher, batch, names, kwargs, rules, count_void_as_background, device,
-                         predictive, pointing, auroc, similarity, counts)
+            _score_batch(model, teacher, batch, names, kwargs, teacher_kwargs, rules, count_void_as_background,
+                         device, predictive, pointing, auroc, similarity, counts)
             advance()
 
     if world > 1:  # the metrics sync themselves at compute(); the counters are ours to sum
         counts = _sum_over_ranks(counts, device)
     result = _results(names, protocol, rules, count_void_as_background, predictive, pointing, auroc, similarity,
                       counts)
+    result["provenance"] = {**_provenance(model, teacher, names, kwargs, teacher_kwargs, max_images, max_batches),
+                            **dict(provenance or {})}
     if rank == 0:
         if logger is not None:
             log_results(logger, result)
@@ -205,7 +222,8 @@ def _sum_over_ranks(counts: dict[str, int], device: torch.device) -> dict[str, i
 # -- per batch --------------------------------------------------------------------------------------
 def _score_batch(
     model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str],
-    kwargs: dict[str, dict[str, Any]], rules: Protocol, count_void: bool, device: torch.device,
+    kwargs: dict[str, dict[str, Any]], teacher_kwargs: dict[str, dict[str, Any]], rules: Protocol,
+    count_void: bool, device: torch.device,
     predictive: Any, pointing: dict[str, PointingGame], auroc: dict[str, MaskAUROC],
     similarity: dict[str, MapSimilarity], counts: dict[str, int],
 ) -> None:
@@ -251,7 +269,8 @@ def _score_batch(
         if teacher is not None:
             teacher_device = _device(teacher)
             teacher_maps = attribute(teacher, images.to(teacher_device), classes.to(teacher_device), name,
-                                     image_index=image_index.to(teacher_device), normalize=True, **kwargs[name])
+                                     image_index=image_index.to(teacher_device), normalize=True,
+                                     **teacher_kwargs[name])
             similarity[name].update(maps, teacher_maps.to(maps.device))
 
 
@@ -312,6 +331,59 @@ def _results(
         "methods": per_method,
         "protocol": {"name": protocol, "predicted_only": rules.predicted_only, "tolerance": rules.tolerance,
                      "average": rules.average, "count_void_as_background": count_void},
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages whose code computes the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("attrpreserve", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "captum", "zennit"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _network_provenance(net: nn.Module | None) -> dict[str, Any] | None:
+    if net is None:
+        return None
+    from attrpreserve.models import model_spec
+
+    return {"class": type(net).__name__, "spec": model_spec(net),
+            "parameters": sum(p.numel() for p in net.parameters())}
+
+
+def _method_settings(name: str, knobs: Mapping[str, Any], net: nn.Module | None) -> dict[str, Any]:
+    """The method's knobs, with its layer as given and as the dotted module name it resolved to."""
+    from attrpreserve.models.layers import resolve_layer_name
+
+    settings = {k: v for k, v in knobs.items()}
+    rule = get_method(name).layer_rule
+    if rule is not None and net is not None:
+        given = knobs.get("layer") or rule.default_layer or getattr(net, "default_attribution_layer", None)
+        settings["layer"] = given
+        try:
+            settings["layer_module"] = resolve_layer_name(net, given)
+        except ValueError:
+            settings["layer_module"] = None
+    return settings
+
+
+def _provenance(model: nn.Module, teacher: nn.Module | None, names: list[str], kwargs: dict[str, dict[str, Any]],
+                teacher_kwargs: dict[str, dict[str, Any]], max_images: int | None,
+                max_batches: int | None) -> dict[str, Any]:
+    return {
+        "model": _network_provenance(model),
+        "teacher": _network_provenance(teacher),
+        "methods": {name: _method_settings(name, kwargs[name], model) for name in names},
+        "teacher_methods": ({name: _method_settings(name, teacher_kwargs[name], teacher) for name in names}
+                            if teacher is not None else None),
+        "max_images": max_images,
+        "max_batches": max_batches,
+        "versions": package_versions(),
     }
 
 
@@ -376,6 +448,8 @@ def _jsonable(value: Any) -> Any:
         return None
     if isinstance(value, Mapping):
         return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
     return value
 
 
@@ -457,12 +531,34 @@ def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -
     if not callable(getattr(logger, "log_metrics", None)):
         raise ValueError(f"Expected argument `logger` to be a Lightning logger (log_metrics), but got "
                          f"{type(logger).__name__}.")
-    flat = {f"{key}/{name}": value for name, value in result["metrics"].items()}
-    for method, entry in result["methods"].items():
-        flat.update({f"{key}/{method}/{name}": value for name, value in entry.items()})
-    logger.log_metrics({k: float(v) for k, v in flat.items() if not math.isnan(float(v))})
+    logger.log_metrics(summary_values(result, key))
     if callable(getattr(logger, "save", None)):
         logger.save()
+
+
+def summary_values(result: Mapping[str, Any], key: str = "evaluate") -> dict[str, float]:
+    """The finite numbers of a result as flat ``{key}/map``, ``{key}/{method}/point_acc``, ... entries.
+
+    Example:
+        >>> summary_values({"metrics": {"map": 0.5, "num_images": 4},
+        ...                 "methods": {"gradcam": {"auc": 0.9, "cos": float("nan"), "num_pairs": 3}}})
+        {'evaluate/map': 0.5, 'evaluate/num_images': 4.0, 'evaluate/gradcam/auc': 0.9, 'evaluate/gradcam/num_pairs': 3.0}
+    """
+    flat: dict[str, Any] = {f"{key}/{name}": value for name, value in result["metrics"].items()}
+    for method, entry in result["methods"].items():
+        flat.update({f"{key}/{method}/{name}": value for name, value in entry.items()})
+    return {k: float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
+
+
+def log_summary(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -> None:
+    """Put the result's numbers into a ``WandbLogger`` run's summary (what a dashboard's run table
+    shows and filters on) and its protocol and provenance into the run's config."""
+    experiment = logger.experiment
+    experiment.summary.update(summary_values(result, key))
+    experiment.config.update({key.replace("/", "_"): _jsonable({"protocol": result.get("protocol"),
+                                                                 "provenance": result.get("provenance")})},
+                             allow_val_change=True)
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -508,11 +604,26 @@ def _check_arguments(
     return PROTOCOLS[protocol]
 
 
-def _batches(data: Any, max_batches: int | None, world: int = 1,
-             rank: int = 0) -> tuple[Iterator[Mapping[str, Any]], int | None]:
+def _first_images(batches: Iterator[Mapping[str, Any]], limit: int) -> Iterator[Mapping[str, Any]]:
+    """The batches up to ``limit`` images in all, the last one cut."""
+    left = limit
+    for batch in batches:
+        if left <= 0:
+            return
+        size = batch["image"].shape[0] if isinstance(batch, Mapping) and isinstance(batch.get("image"), Tensor) else 0
+        if size > left:
+            batch = {k: v[:left] if isinstance(v, Tensor) and v.ndim and v.shape[0] == size else v
+                     for k, v in batch.items()}
+            size = left
+        left -= size
+        yield batch
+
+
+def _batches(data: Any, max_batches: int | None, world: int = 1, rank: int = 0,
+             max_images: int | None = None) -> tuple[Iterator[Mapping[str, Any]], int | None]:
     """The batches this process scores: every ``world``-th from ``rank`` under a process group
     (each batch once, so the synced metrics equal a single process's), the first ``max_batches``
-    of the whole stream at most."""
+    (and ``max_images`` images) of the whole stream at most."""
     if isinstance(data, pl.LightningDataModule):
         data.setup("test")
         data = data.test_dataloader()
@@ -528,6 +639,11 @@ def _batches(data: Any, max_batches: int | None, world: int = 1,
     iterator = iter(data)
     if max_batches is not None:
         iterator = (batch for _, batch in zip(range(max_batches), iterator))
+    if max_images is not None:
+        batch_size = getattr(data, "batch_size", None)
+        if total is not None and isinstance(batch_size, int) and batch_size > 0:
+            total = min(total, math.ceil(max_images / batch_size))
+        iterator = _first_images(iterator, max_images)
     if world > 1:
         if total is not None and total < world:
             raise ValueError(f"Expected argument `data` to yield at least one batch per process, but it yields "
@@ -574,14 +690,36 @@ def _device(module: nn.Module) -> torch.device:
 
 
 class _Progress:
-    """Context manager yielding an ``advance()`` callable: a rich progress bar on stderr, or nothing."""
+    """Context manager yielding an ``advance()`` callable: a rich progress bar on a terminal's
+    stderr, plain lines about every tenth of the way when stderr is a file or pipe (a bar there
+    prints nothing until the end), or nothing."""
 
     def __init__(self, enabled: bool, total: int | None) -> None:
         self.enabled, self.total, self.bar = enabled, total, None
 
+    def _plain(self) -> Any:
+        import sys
+        import time
+
+        started, done = time.perf_counter(), [0]
+        step = max(1, (self.total or 10) // 10)
+
+        def advance() -> None:
+            done[0] += 1
+            if done[0] % step == 0 or done[0] == self.total:
+                of = f"/{self.total}" if self.total else ""
+                print(f"evaluate: {done[0]}{of} batches, {time.perf_counter() - started:.1f} s", file=sys.stderr,
+                      flush=True)
+
+        return advance
+
     def __enter__(self) -> Any:
+        import sys
+
         if not self.enabled:
             return lambda: None
+        if not sys.stderr.isatty():
+            return self._plain()
         from rich.console import Console
         from rich.progress import Progress
 
@@ -596,6 +734,6 @@ class _Progress:
 
 
 __all__ = [
-    "PROTOCOLS", "Protocol", "evaluate", "format_table", "load_results", "log_results", "present_classes",
-    "save_results",
+    "PROTOCOLS", "Protocol", "evaluate", "format_table", "load_results", "log_results", "log_summary",
+    "package_versions", "present_classes", "save_results", "summary_values",
 ]

@@ -20,12 +20,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from attrpreserve.attribution.capture import capture_features
 from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
 from attrpreserve.metrics import classification_metrics
-from attrpreserve.models import CheckpointError, build_from_spec, model_spec
+from attrpreserve.models import CheckpointError, build_from_spec, load_weights, model_spec
+from attrpreserve.models.weights import weights_source
+from attrpreserve.recipe import training_recipe
 from attrpreserve.terms import ForwardResult, LossTerm
 
 NONFINITE = ("raise", "skip")
@@ -45,6 +48,28 @@ def _as_model(model: nn.Module | dict[str, Any], argument: str) -> nn.Module:
         f"Expected argument `{argument}` to be an nn.Module or a model spec dict with 'arch', but got "
         f"{type(model).__name__}."
     )
+
+
+def _load_role_weights(model: nn.Module, path: str | os.PathLike | None, role: str) -> dict[str, str] | None:
+    """Load ``path`` into ``model`` (see :func:`~attrpreserve.models.load_weights`) and say so.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the message names the argument).
+    """
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        hint = (" Train the teacher first (`attrpreserve fit --config configs/<group>/teacher.yaml` writes "
+                "runs/<group>/teacher/checkpoints/last.ckpt) or point the setting at your own teacher's "
+                "checkpoint or state dict.") if role != "model" else ""
+        raise FileNotFoundError(
+            f"Expected argument `{role}_weights` to be a local weights file, but {str(path)!r} does not exist "
+            f"(working directory {os.getcwd()!r}).{hint}"
+        )
+    load_weights(model, path)
+    source = weights_source(path)
+    rank_zero_info(f"{role} weights: {source['path']} (sha256 {source['sha256']})")
+    return source
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -132,6 +157,24 @@ class _ClassifierModule(pl.LightningModule):
             checkpoint["rng_states"] = gathered
         else:
             checkpoint["rng_states"] = [states]
+        if getattr(self, "_trainer", None) is not None:
+            checkpoint["recipe"] = training_recipe(self.trainer, self)
+            checkpoint["recipe"]["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                               if isinstance(v, Tensor) and v.numel() == 1}
+            # Which dashboard run this is: `attrpreserve evaluate --wandb` adds its results to it.
+            for logger in self.loggers:
+                if type(logger).__name__ == "WandbLogger" and logger.version:
+                    checkpoint["wandb"] = {"id": logger.version, "project": logger.name,
+                                           "save_dir": str(Path(logger.save_dir or ".").resolve()),
+                                           "name": getattr(logger, "_name", None)}
+
+    def on_fit_start(self) -> None:
+        # The dashboard's config: what Lightning logs (the module's and the data's arguments)
+        # lacks the callbacks, the networks and the weights files; they are what runs are
+        # grouped and filtered by.
+        recipe = training_recipe(self.trainer, self)
+        for logger in self.loggers:
+            logger.log_hyperparams({key: recipe[key] for key in ("callbacks", "networks", "weights", "trainer")})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
@@ -279,6 +322,10 @@ class DistillationModule(_ClassifierModule):
         lr, momentum, weight_decay, nesterov, milestones, gamma: SGD + MultiStepLR (paper:
             0.1, 0.9, 1e-4, x0.1 at 150/200/250 of 350 epochs).
         optimizer: ``"sgd"`` (the paper) or ``"adamw"``.
+        teacher_weights: local file loaded into ``teacher``: the ``last.ckpt`` of the teacher's
+            ``attrpreserve fit`` (a TeacherModule checkpoint) or a plain state dict. The path and
+            its SHA-256 go to the run log, the logger's config and ``hparams["weights_sources"]``.
+        student_weights: likewise for ``student`` (pruning starts from the teacher's weights).
         nonfinite: a step whose loss is NaN/inf stops the fit with a
             :class:`NonFiniteLossError` naming the term(s) and the step (``"raise"``), or is
             skipped (no optimiser step) and counted in ``train/skipped_steps`` (``"skip"``;
@@ -287,6 +334,7 @@ class DistillationModule(_ClassifierModule):
     Raises:
         ValueError: unknown ``kd``/``task``, ``temperature <= 0``, ``alpha`` outside [0, 1],
             teacher and student with different class counts.
+        FileNotFoundError: ``teacher_weights``/``student_weights`` names a missing file.
     """
 
     def __init__(
@@ -305,8 +353,12 @@ class DistillationModule(_ClassifierModule):
         gamma: float = 0.1,
         optimizer: str = "sgd",
         nonfinite: str = "raise",
+        teacher_weights: str | None = None,
+        student_weights: str | None = None,
     ) -> None:
         teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
+        sources = {role: _load_role_weights(net, path, role)
+                   for role, net, path in (("teacher", teacher, teacher_weights), ("student", student, student_weights))}
         if nonfinite not in NONFINITE:
             raise ValueError(f"Expected argument `nonfinite` to be one of {NONFINITE}, but got {nonfinite!r}.")
         if kd not in KD_MODES:
@@ -327,7 +379,11 @@ class DistillationModule(_ClassifierModule):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.save_hyperparameters(ignore=["teacher", "student"])
-        self._store_specs(teacher=model_spec(teacher), student=model_spec(student))
+        # The files were read once; a checkpoint carries the weights, so loading it must not
+        # look for the files again (they may not exist where it is loaded): keep provenance only.
+        self.weights_sources = {role: source for role, source in sources.items() if source is not None}
+        self._store_specs(teacher=model_spec(teacher), student=model_spec(student), teacher_weights=None,
+                          student_weights=None, weights_sources=dict(self.weights_sources))
         self._terms: dict[str, LossTerm] = {}
         self.skipped_steps = 0
 
@@ -370,6 +426,9 @@ class DistillationModule(_ClassifierModule):
         from attrpreserve.surgery import restore_structure
 
         restore_structure(self.student, checkpoint["state_dict"], prefix="student.")
+        sources = checkpoint.get("hyper_parameters", {}).get("weights_sources") or {}
+        self.weights_sources = dict(sources)  # provenance of the run that wrote the checkpoint
+        self.hparams["weights_sources"] = dict(sources)
 
     # -- forward passes ------------------------------------------------------------------
     def forward_teacher(self, images: Tensor, layers: Sequence[str] = (), grad: bool = False) -> ForwardResult:

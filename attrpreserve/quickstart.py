@@ -163,7 +163,7 @@ def _panels(out: Path, dm: SyntheticDataModule, teacher: torch.nn.Module, studen
     for name, net in students.items():
         maps[name] = attribute(net, images, classes, "gradcam")
     titles = [dm.class_names[int(c)] for c in classes]
-    save_panels(out / "panels.png", dm.denormalize(images), maps, batch["mask"], titles)
+    save_panels(out / "panels.png", dm.denormalize(images), maps, batch["mask"], titles, dm.class_names)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

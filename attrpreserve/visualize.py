@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg", force=False)
+import matplotlib.colors  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -51,19 +53,32 @@ def panel_figure(
     maps: dict[str, Tensor],
     masks: Tensor | None = None,
     titles: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    colorbar: bool = True,
 ) -> plt.Figure:
     """One row per image: the image, one overlay per entry of ``maps`` (name -> ``[N,H,W]``),
-    then the mask.
+    then the mask; a colour bar for the maps and a legend of the mask's classes.
 
     Args:
         images: ``[N,3,H,W]`` in [0, 1] (denormalised).
         maps: column title -> heatmaps ``[N,H,W]`` (resized to the image when smaller).
         masks: optional ``[N,H,W]`` class masks.
         titles: optional row labels (e.g. the target class names).
+        class_names: names of the mask values 1..K, for the mask legend.
+        colorbar: draw the maps' colour scale (each map is min-max normalised, so 0 is its
+            minimum and 1 its maximum).
+
+    Example:
+        >>> fig = panel_figure(torch.rand(2, 3, 8, 8), {"teacher": torch.rand(2, 8, 8)},
+        ...                    torch.ones(2, 8, 8, dtype=torch.long), ["cat", "dog"], ["cat", "dog"])
+        >>> [ax.get_title() for ax in fig.axes[:3]], fig.axes[0].get_ylabel()
+        (['image', 'teacher', 'mask'], 'cat')
+        >>> plt.close(fig)
     """
     n = images.shape[0]
     columns = 1 + len(maps) + (masks is not None)
-    fig, axes = plt.subplots(n, columns, figsize=(1.8 * columns, 1.8 * n), squeeze=False)
+    fig, axes = plt.subplots(n, columns, figsize=(1.8 * columns + (0.9 if colorbar else 0), 1.8 * n + 0.5),
+                             squeeze=False)
     size = images.shape[-2:]
     for row in range(n):
         cells = [("image", images[row].permute(1, 2, 0).clamp(0, 1).cpu().numpy())]
@@ -83,7 +98,19 @@ def panel_figure(
                 ax.set_title(name, fontsize=9)
         if titles is not None:
             axes[row][0].set_ylabel(titles[row], fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 if masks is not None and class_names else 0, 0.9 if colorbar else 1, 1))
+    if colorbar:
+        scale = fig.add_axes((0.92, 0.15, 0.02, 0.7))
+        bar = fig.colorbar(plt.cm.ScalarMappable(cmap="jet", norm=matplotlib.colors.Normalize(0, 1)), cax=scale)
+        bar.set_label("attribution (min-max per map)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    if masks is not None and class_names:
+        present = sorted({int(v) for v in torch.unique(masks.cpu()).tolist()} - {0, IGNORE_INDEX})
+        colours = plt.get_cmap("tab10")(np.arange(10))[:, :3]
+        handles = [matplotlib.patches.Patch(color=colours[(v - 1) % 10], label=class_names[v - 1])
+                   for v in present if v - 1 < len(class_names)]
+        handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="black", label="void"))
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
     return fig
 
 
@@ -94,8 +121,8 @@ def figure_to_array(fig: plt.Figure) -> np.ndarray:
 
 
 def save_panels(path: str | os.PathLike, images: Tensor, maps: dict[str, Tensor], masks: Tensor | None = None,
-                titles: Sequence[str] | None = None) -> None:
+                titles: Sequence[str] | None = None, class_names: Sequence[str] | None = None) -> None:
     """Write :func:`panel_figure` to ``path`` (PNG)."""
-    fig = panel_figure(images, maps, masks, titles)
+    fig = panel_figure(images, maps, masks, titles, class_names)
     fig.savefig(path, dpi=110)
     plt.close(fig)

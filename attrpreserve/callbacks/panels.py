@@ -25,9 +25,10 @@ MODES = ("swa", "ewa")
 
 
 class AttributionPanels(Callback):
-    """Every ``every_n_epochs`` validation epochs, log one image per row: the input, the
-    teacher's and the student's maps (for the teacher's top-1 class) and the mask, for the same
-    fixed validation images, so a dashboard shows the maps converge.
+    """At the first validation epoch, every ``every_n_epochs`` after it and at the last, log one
+    image per row: the input, the teacher's and the student's maps (for the teacher's top-1
+    class, named on the row) and the mask, for the same fixed validation images, with the maps'
+    colour scale and the mask's class legend, so a dashboard shows the maps converge.
 
     Module contract: a :class:`~attrpreserve.modules.DistillationModule` (``teacher`` and
     ``student``) or a :class:`~attrpreserve.modules.TeacherModule` (``model``: one map column).
@@ -97,6 +98,9 @@ class AttributionPanels(Callback):
 
     def maps(self, pl_module: pl.LightningModule, images: Tensor) -> dict[str, Tensor]:
         """Column name -> ``[N, H, W]`` maps for the first network's top-1 class."""
+        return self._maps_and_classes(pl_module, images)[0]
+
+    def _maps_and_classes(self, pl_module: pl.LightningModule, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
         networks = self._networks(pl_module)
         classes = None
         out: dict[str, Tensor] = {}
@@ -118,29 +122,35 @@ class AttributionPanels(Callback):
                 out[name] = heat[:, 0].detach().float().cpu()
             finally:
                 net.train(was_training)
-        return out
+        return out, classes.cpu()
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._images or trainer.current_epoch % self.every_n_epochs:
+        last = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs - 1
+        if trainer.sanity_checking or not self._images or (trainer.current_epoch % self.every_n_epochs and not last):
             return
         images = torch.cat(self._images)[: self.num_images]
         masks = torch.cat(self._masks)[: self.num_images] if self._masks else None
-        maps = self.maps(pl_module, images)
-        self._log(trainer, images, maps, masks)
+        maps, classes = self._maps_and_classes(pl_module, images)
+        self._log(trainer, images, maps, masks, classes)
 
     @rank_zero_only
-    def _log(self, trainer: pl.Trainer, images: Tensor, maps: dict[str, Tensor], masks: Tensor | None) -> None:
-        denormalize = getattr(trainer.datamodule, "denormalize", None) if trainer.datamodule is not None else None
+    def _log(self, trainer: pl.Trainer, images: Tensor, maps: dict[str, Tensor], masks: Tensor | None,
+             classes: Tensor) -> None:
+        datamodule = trainer.datamodule
+        denormalize = getattr(datamodule, "denormalize", None) if datamodule is not None else None
         shown = denormalize(images) if callable(denormalize) else _minmax(images)
-        fig = panel_figure(shown, maps, masks)
+        names = list(getattr(datamodule, "class_names", None) or [])
+        # Each row says which class its maps explain (the first network's top-1).
+        titles = [names[c] if c < len(names) else f"class {c}" for c in classes.tolist()]
+        fig = panel_figure(shown, maps, masks, titles, names or None)
         array = figure_to_array(fig)
         plt.close(fig)
         logged = False
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image(key=self.key, images=[array], step=trainer.global_step,
-                                 caption=[f"epoch {trainer.current_epoch}"])
+                                 caption=[f"epoch {trainer.current_epoch}: rows = {', '.join(titles)}"])
                 logged = True
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(self.key, array, trainer.global_step, dataformats="HWC")

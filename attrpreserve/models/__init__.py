@@ -8,7 +8,7 @@ from torch import nn
 
 from attrpreserve.models.layers import layer_names, resolve_layer, resolve_layer_name
 from attrpreserve.models.vgg import VGG, vgg16, vgg_small
-from attrpreserve.models.weights import CheckpointError, load_weights, read_state_dict
+from attrpreserve.models.weights import CheckpointError, load_weights, read_state_dict, resolve_weights, weights_source
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"vgg16": vgg16, "vgg_small": vgg_small}
 
@@ -43,4 +43,5 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 __all__ = [
     "VGG", "vgg16", "vgg_small", "create_model", "MODELS", "model_spec", "build_from_spec",
     "layer_names", "resolve_layer", "resolve_layer_name", "load_weights", "read_state_dict", "CheckpointError",
+    "resolve_weights", "weights_source",
 ]

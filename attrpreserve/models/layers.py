@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from torch import nn
 
 
@@ -35,11 +37,43 @@ def resolve_layer_name(model: nn.Module, layer: str | None) -> str:
     modules = dict(model.named_modules())
     if layer in modules and layer != "":
         return layer
-    known = ", ".join(aliases) if aliases else "(no aliases; use a dotted name from named_modules())"
+    known = ", ".join(aliases) if aliases else ", ".join(candidate_layers(model))
+    close = difflib.get_close_matches(layer, [*aliases, *(n for n in modules if n)], n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise ValueError(
-        f"Expected argument `layer` to be an attribution layer of {type(model).__name__}, but got {layer!r}. "
-        f"Available: {known}."
+        f"Expected argument `layer` to be an attribution layer of {type(model).__name__}, but got {layer!r}.{hint} "
+        f"Available: {known}{'' if aliases else ' (or any dotted name of named_modules())'}."
     )
+
+
+# Modules whose output is a spatial feature map worth attributing at (Grad-CAM's usual places).
+_SPATIAL = (nn.Conv2d, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.MaxPool2d, nn.AvgPool2d, nn.BatchNorm2d)
+
+
+def candidate_layers(model: nn.Module, limit: int = 12) -> list[str]:
+    """Dotted names a layer method can use, last layers first: the blocks of the top-level stages
+    (``layer4``, ``layer4.1``, ``features``) and their convolution, activation and pooling leaves.
+
+    Example:
+        >>> import torchvision
+        >>> candidate_layers(torchvision.models.resnet18(), limit=4)
+        ['layer4', 'layer4.1', 'layer4.1.bn2', 'layer4.1.conv2']
+    """
+    names: list[str] = []
+    for name, module in reversed(list(model.named_modules())):
+        if not name:
+            continue
+        depth = name.count(".")
+        has_spatial_child = any(isinstance(m, _SPATIAL) for m in module.modules() if m is not module)
+        if isinstance(module, _SPATIAL) or (depth <= 1 and has_spatial_child):
+            names.append(name)
+    # Stages and blocks first (the usual choices), then their leaves, each in reverse execution order.
+    names.sort(key=lambda n: n.count("."))
+    stages = [n for n in names if n.count(".") == 0]
+    blocks = [n for n in names if n.count(".") == 1]
+    leaves = [n for n in names if n.count(".") > 1]
+    ordered = [*stages[:1], *blocks[:1], *leaves, *stages[1:], *blocks[1:]]
+    return ordered[:limit]
 
 
 def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module:

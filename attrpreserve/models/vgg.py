@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attrpreserve.models.weights import load_weights
+from attrpreserve.models.weights import load_weights, resolve_weights, weights_source
 
 # Layer plans: an int is a 3x3 conv (+BN) + ReLU with that many channels, "M" a 2x2 max-pool.
 CONFIGS: dict[str, list[int | str]] = {
@@ -38,7 +38,9 @@ class VGG(nn.Module):
         batch_norm: BatchNorm after every conv (VGG16-BN, the paper's teacher).
         dropout: dropout probability before the last Linear.
         weights: local path to a state-dict file (torchvision ``vgg16_bn`` ImageNet weights, a
-            plain ``state_dict`` or one of our Lightning checkpoints). Never downloaded.
+            plain ``state_dict`` or one of our Lightning checkpoints), or, for ``vgg16``, a
+            torchvision weight name (``IMAGENET1K_V1``): taken from torch's hub cache, downloaded
+            there once when absent. Nothing is downloaded for a path.
         head_pool: side of the average pool before the head (default: 7 for vgg16 as the paper,
             8 for vgg_small); 1 is global average pooling, a translation-invariant head that
             small networks trained from scratch learn with far less data.
@@ -53,7 +55,7 @@ class VGG(nn.Module):
 
     Raises:
         ValueError: unknown ``arch``, ``width_divisor`` not in (1, 2, 4, 8), ``num_classes`` < 1.
-        FileNotFoundError: ``weights`` names a missing file.
+        FileNotFoundError: ``weights`` is neither a file nor a torchvision weight name.
 
     Example:
         >>> model = VGG("vgg_small", num_classes=5, width_divisor=4)
@@ -108,8 +110,11 @@ class VGG(nn.Module):
         self.attribution_layers["conv5_3"] = convs[-1]["module"]
         self.attribution_layers["pool5"] = self.feature_info[-1]["module"]
         self._init_weights()
+        self.weights_source: dict[str, str] | None = None
         if weights is not None:
-            load_weights(self, weights)
+            path = resolve_weights(weights, arch, batch_norm)
+            load_weights(self, path)
+            self.weights_source = weights_source(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)

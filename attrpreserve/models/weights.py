@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import pickle
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -12,6 +15,11 @@ from torch import nn
 # Prefixes under which our Lightning modules store a network, in order of preference:
 # TeacherModule keeps `model.`, DistillationModule `student.` (the compressed network).
 CHECKPOINT_PREFIXES = ("model.", "student.")
+
+
+log = logging.getLogger(__name__)
+# torchvision weight enums per (arch, batch_norm): the opt-in download names (`weights: IMAGENET1K_V1`).
+TORCHVISION_WEIGHTS = {("vgg16", True): "VGG16_BN_Weights", ("vgg16", False): "VGG16_Weights"}
 
 
 class CheckpointError(ValueError):
@@ -51,6 +59,73 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
         obj = fold_masks(obj)  # unstructured-pruning masks made permanent
     return obj
+
+
+def file_digest(path: str | os.PathLike, length: int = 16) -> str:
+    """First ``length`` hex digits of the file's SHA-256 (the content: a renamed copy matches).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.NamedTemporaryFile(delete=False) as f:
+        ...     _ = f.write(b"abc")
+        >>> file_digest(f.name)
+        'ba7816bf8f01cfea'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def weights_source(path: str | os.PathLike) -> dict[str, str]:
+    """``{"path": absolute path, "sha256": digest}``: which weights file a run read."""
+    return {"path": str(Path(path).resolve()), "sha256": file_digest(path)}
+
+
+def torchvision_weight_names(arch: str, batch_norm: bool = True) -> list[str]:
+    """torchvision's weight names for ``arch`` (e.g. ``["IMAGENET1K_V1", "DEFAULT"]``), or ``[]``."""
+    enum_name = TORCHVISION_WEIGHTS.get((arch, bool(batch_norm)))
+    if enum_name is None:
+        return []
+    import torchvision.models
+
+    return [*getattr(torchvision.models, enum_name).__members__, "DEFAULT"]
+
+
+def resolve_weights(weights: str | os.PathLike, arch: str, batch_norm: bool = True) -> Path:
+    """The local file for ``weights``: a path as given, or for a torchvision weight name
+    (``IMAGENET1K_V1``, ``DEFAULT``, ``VGG16_BN_Weights.IMAGENET1K_V1``) torchvision's file in
+    torch's hub cache (``$TORCH_HOME/hub/checkpoints``), downloaded there first when absent:
+    naming the weights is the user's opt-in to the download.
+
+    Raises:
+        FileNotFoundError: neither an existing file nor a weight name of ``arch``; the message
+            lists the names.
+    """
+    path = Path(weights)
+    if path.is_file():
+        return path
+    names = torchvision_weight_names(arch, batch_norm)
+    name = str(weights).split(".")[-1]
+    if names and name in names and (("." not in str(weights)) or str(weights).startswith(
+            TORCHVISION_WEIGHTS[(arch, bool(batch_norm))] + ".")):
+        import torch.hub
+        import torchvision.models
+
+        enum = getattr(torchvision.models, TORCHVISION_WEIGHTS[(arch, bool(batch_norm))])
+        url = enum[name].url if name != "DEFAULT" else enum.DEFAULT.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+        if not cached.is_file():
+            log.warning("downloading %s to %s (asked for by weights=%r)", url, cached, str(weights))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            prefix = torch.hub.HASH_REGEX.search(cached.name)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=prefix.group(1) if prefix else None)
+        return cached
+    choices = f" or a torchvision weight name ({', '.join(names)}), which downloads once" if names else ""
+    raise FileNotFoundError(
+        f"Weights file not found: {str(weights)!r} (working directory {os.getcwd()!r}). Pass a local path{choices}."
+    )
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], model_keys: set[str]) -> tuple[dict[str, torch.Tensor], bool]:
