@@ -429,6 +429,23 @@ class VOCDataset(Dataset):
         return item
 
 
+def download_voc(root: str | os.PathLike) -> Path:
+    """The VOC2012 folder under ``root``, downloaded and extracted there first (torchvision's VOC 2012
+    trainval archive, md5-checked; an archive already in ``root`` that passes the check is used as
+    it is) when ``root`` holds none."""
+    try:
+        return find_voc_root(root)
+    except FileNotFoundError:
+        pass
+    from torchvision.datasets.utils import download_and_extract_archive
+    from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+    info = DATASET_YEAR_DICT["2012"]
+    Path(root).mkdir(parents=True, exist_ok=True)
+    download_and_extract_archive(info["url"], str(root), filename=info["filename"], md5=info["md5"])
+    return find_voc_root(root)
+
+
 class VOCDataModule(ViewMixin, pl.LightningDataModule):
     """PASCAL VOC 2012 (local folder): classification train/val and the localisation split.
 
@@ -450,6 +467,9 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             (built on first use, keyed by teacher, data, views and size).
         cache_views: K, fixed augmented views per training image in the cache.
         cache_dir: where caches live; cache_seed: seed of the views.
+        download: when ``root`` holds no VOC2012 folder, fetch VOC 2012 trainval (2 GB) through
+            torchvision's downloader into ``root`` (``root/VOCdevkit/VOC2012``) in
+            ``prepare_data``. Off by default: nothing is downloaded unless asked.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -482,10 +502,14 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         cache_views: int = 8,
         cache_dir: str = ".cache/teacher",
         cache_seed: int = 0,
+        download: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)) or not str(root):
             raise ValueError(f"Expected argument `root` to be a path to a VOC2012 folder, but got {root!r}.")
+        if not isinstance(download, bool):
+            raise ValueError(f"Expected argument `download` to be a bool, but got {download!r}.")
+        self.download = download
         self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.num_workers = default_workers() if num_workers is None else check_int("num_workers", num_workers, 0)
@@ -521,6 +545,11 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             transform = T.eval_transform(self.image_size)
         return VOCDataset(self.root, split, segmentation=segmentation, transform=transform, mean=self.mean,
                           std=self.std, include_difficult=self.include_difficult)
+
+    def prepare_data(self) -> None:
+        """With ``download=True`` and no VOC2012 folder under ``root``: download and extract VOC 2012."""
+        if self.download:
+            download_voc(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the splits a stage needs (all of them for ``stage=None``); checks every file exists."""
