@@ -1,28 +1,53 @@
 """Evaluation protocol: predictive metrics and attribution-map localisation on the localisation split.
 
 ``evaluate(model, datamodule_or_dataloader, methods=("gradcam",), protocol="paper")`` runs the
-model over batches with masks and reports per-class VOC mAP (``map``), per-image AP
+model over batches with masks (or boxes) and reports per-class VOC mAP (``map``), per-image AP
 (``map_image``, the reference code's "mAP") and F1 (logit > 0), then, for every attribution
-method and every (image, class present in the mask) pair the protocol keeps:
+method and every (image, class) pair the protocol keeps:
 
-- **point accuracy** (:class:`~attrpreserve.metrics.PointingGame`): the map's maximum lies in
-  that class's mask (within ``tolerance`` pixels);
+- **point accuracy** (:class:`~attrpreserve.metrics.PointingGame`, or
+  :class:`~attrpreserve.metrics.TorchRayPointingGame` under ``"torchray"``): the map's maximum
+  lies on that class's object (within ``tolerance`` pixels), with a bootstrap 95% interval
+  ``point_acc_ci`` over the scored pairs;
 - **AUC** (:class:`~attrpreserve.metrics.MaskAUROC`): pixel ROC-AUC of the min-max-normalised
-  map against that class's mask (maps whose mask covers every valid pixel have no AUC);
+  map against the object (maps whose object covers every valid pixel have no AUC), with ``auc_ci``;
+- **energy** (:class:`~attrpreserve.metrics.EnergyPointingGame`): the share of the map's
+  positive energy on the object (zero-energy maps score 0);
 - with a ``teacher``: **cos** and **l2** (:class:`~attrpreserve.metrics.MapSimilarity`) between
   the student's map and the teacher's map of the same pair and method.
+
+The same pairs are scored by the model-free ``baselines`` (default ``center``, a centred
+Gaussian: what guessing the image centre scores), reported under ``result["baselines"]`` and as
+extra rows of every table. Per-class numbers go to ``result["per_class"]`` and, with ``out``, to
+``per_class.csv``/``per_class.png``.
+
+Ground truth: a batch holds ``mask`` ``[B, H, W]`` (0 background, c+1 class c, 255 void; the
+object of class c is its pixels) or ``boxes`` ``[B, M, 6]`` with an optional ``box_size``
+(see :mod:`attrpreserve.data.boxes`; the object is the union of the class's boxes, and maps are
+resized to ``box_size``, the original image, before scoring, as TorchRay does).
 
 Protocols (:data:`PROTOCOLS`):
 
 - ``"paper"`` (Park et al.): only the classes the model predicts positive (logit > 0) are scored,
   exact-pixel pointing game (tolerance 0), point accuracy over all scored maps;
-- ``"torchray"``: every ground-truth class is scored, a hit within 15 px of the mask (TorchRay's
-  rule, here in pixels of the evaluated image), point accuracy averaged per class;
+- ``"torchray"``: TorchRay's pointing game (``torchray/benchmark/pointing_game.py``) exactly:
+  every ground-truth class is scored except, with boxes, a class whose boxes are all
+  ``difficult``; a hit when some object pixel lies strictly within 15 px of the map's first
+  maximum; point accuracy is the per-class accuracy averaged over **all** K classes (a class
+  without a scored pair counts 0, with a warning). ``point_acc_difficult`` is the same accuracy
+  on the EBP difficult subset: pairs whose object covers less than 1/4 of the frame in an image
+  holding another class (TorchRay reads these flags from a file made from the VOC 2007 boxes;
+  here they come from each batch's ground truth). On masks the 15 px are pixels of the evaluated
+  image; TorchRay's are pixels of the original image (give boxes with ``box_size`` for that);
 - ``"all"``: every ground-truth class is scored, exact-pixel pointing game, point accuracy over
   all maps. Unlike ``"paper"``, every model is scored on the same pairs, so a model that predicts
   fewer positives is not scored on only its easiest pairs: the fair way to compare students.
 
-Void mask pixels (255) are left out of both metrics (they can neither be the maximum nor count
+Where ``"paper"`` differs from ``"torchray"``: it scores only predicted-positive classes, needs the
+maximum on the object itself (0 px), averages over maps instead of classes, and ignores the
+``difficult`` flags (masks carry none).
+
+Void mask pixels (255) are left out of every metric (they can neither be the maximum nor count
 as object or background) unless ``count_void_as_background=True``, which counts them as
 background like the reference scripts. Unlike the reference, each class of an image is scored
 against its own mask only, and maps come in batches (one forward per batch for the layer
@@ -47,7 +72,11 @@ import torch
 from torch import Tensor, nn
 
 from attrpreserve.attribution.methods import attribute, check_method, eval_scope, get_method, predict_and_attribute
-from attrpreserve.metrics import MapSimilarity, MaskAUROC, PointingGame, classification_metrics
+from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
+from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
+from attrpreserve.evaluation.records import PairRecords
+from attrpreserve.evaluation.rows import RowMetrics, compute_quietly, records_of
+from attrpreserve.metrics import classification_metrics
 
 IGNORE_INDEX = 255
 
@@ -59,7 +88,8 @@ class Protocol:
     Attributes:
         predicted_only: score only ground-truth classes with logit > 0.
         tolerance: pointing-game radius in pixels.
-        average: ``"micro"`` (over maps) or ``"class"`` (per class, then averaged).
+        average: ``"micro"`` (over maps) or ``"class"`` (per class, then the mean over all classes,
+            as TorchRay; also reports the difficult subset).
     """
 
     predicted_only: bool
@@ -74,8 +104,11 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 METHOD_FIELDS = ("auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped")
+EXTRA_FIELDS = ("energy", "point_acc_difficult", "num_pairs_difficult")
+CI_FIELDS = ("point_acc_ci", "auc_ci")
 CSV_FIELDS = ("method", "map", "map_image", "f1", "auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped",
-              "num_images", "protocol")
+              "num_images", "protocol", "row", *EXTRA_FIELDS, "point_acc_ci_low", "point_acc_ci_high", "auc_ci_low",
+              "auc_ci_high")
 
 
 def evaluate(
@@ -93,6 +126,10 @@ def evaluate(
     teacher_method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     max_images: int | None = None,
     provenance: Mapping[str, Any] | None = None,
+    baselines: str | Sequence[str] = ("center",),
+    bootstrap: int = 1000,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
 
@@ -127,12 +164,21 @@ def evaluate(
         provenance: extra entries for ``result["provenance"]`` (the CLI adds the checkpoint, its
             hash and the data root), which already names the networks, each method's layer and
             knobs, the protocol, the image count and the package versions.
+        baselines: model-free methods scored on the same pairs as extra rows (default
+            ``("center",)``; ``()`` for none); names already in ``methods`` are not repeated.
+        bootstrap: bootstrap resamples for ``point_acc_ci``/``auc_ci`` (0: no intervals, nan).
+        seed: seed of the bootstrap resampling.
+        class_names: K names for ``per_class`` (default: ``data.class_names`` where it exists).
 
     Returns:
         ``{"metrics": {"map", "map_image", "f1", "num_images"}, "methods": {name: {"auc",
-        "point_acc", "cos", "l2", "num_pairs", "num_skipped"}}, "protocol": {...}}``: fractions in
-        [0, 1]; ``cos``/``l2`` are nan without a teacher; ``num_skipped`` counts the ground-truth
-        pairs the protocol left out. When no pair is scored (e.g. the model predicts nothing
+        "point_acc", "cos", "l2", "num_pairs", "num_skipped", "energy", "point_acc_difficult",
+        "num_pairs_difficult", "point_acc_ci", "auc_ci"}}, "baselines": {name: {...same}},
+        "per_class": [{"method", "class", "name", "num_pairs", "point_acc", "auc", "energy"}],
+        "protocol": {...}, "provenance": {...}}``: fractions in [0, 1], intervals as ``[low, high]``;
+        ``cos``/``l2`` are nan without a teacher (and for baselines); ``point_acc_difficult`` is
+        nan outside ``"torchray"``; ``num_skipped`` counts the ground-truth pairs the protocol left
+        out (difficult-only classes included). When no pair is scored (e.g. the model predicts nothing
         positive under ``"paper"``) the localisation numbers are nan, ``num_pairs`` is 0 and a
         warning says why.
 
@@ -149,8 +195,10 @@ def evaluate(
         >>> torch.manual_seed(0) is not None
         True
         >>> result = evaluate(vgg_small(num_classes=3, width_divisor=8), dm, protocol="torchray", progress=False)
-        >>> sorted(result["methods"]["gradcam"]), result["metrics"]["num_images"]
-        (['auc', 'cos', 'l2', 'num_pairs', 'num_skipped', 'point_acc'], 4)
+        >>> sorted(result["methods"]["gradcam"])[:6], result["metrics"]["num_images"]
+        (['auc', 'auc_ci', 'cos', 'energy', 'l2', 'num_pairs'], 4)
+        >>> list(result["baselines"]), len(result["per_class"])
+        (['center'], 6)
     """
     rules = _check_arguments(model, methods, protocol, teacher, count_void_as_background, max_batches, progress,
                              method_kwargs)
@@ -160,6 +208,7 @@ def evaluate(
     if teacher_method_kwargs is not None:
         _check_arguments(model, names, protocol, teacher, count_void_as_background, None, progress,
                          teacher_method_kwargs)
+    extra = _check_extras(baselines, bootstrap, seed, class_names, names)
     kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
     teacher_kwargs = {name: dict((teacher_method_kwargs or method_kwargs or {}).get(name, {})) for name in names}
     world, rank = _world()
@@ -176,32 +225,35 @@ def evaluate(
 
     device = _device(model)
     predictive = classification_metrics(num_classes).to(device)
-    # maps come min-max normalised from `attribute` and masks are built here: no re-validation needed
-    pointing = {n: PointingGame(rules.tolerance, rules.average, num_classes=num_classes, validate_args=False)
-                .to(device) for n in names}
-    auroc = {n: MaskAUROC(validate_args=False).to(device) for n in names}
-    similarity = {n: MapSimilarity(validate_args=False).to(device) for n in names} if teacher is not None else {}
+    # maps come min-max normalised from `attribute` and targets are built here: no re-validation needed
+    rows = {n: RowMetrics(rules.tolerance, rules.average, num_classes, device, teacher is not None and n in names)
+            for n in [*names, *extra]}
+    pairs = PairRecords(("classes", "difficult")).to(device)
     counts = {"images": 0, "pairs": 0, "skipped": 0}
 
     with eval_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
         for index, batch in enumerate(chain([first], batches)):
             if index:
                 _check_batch(batch, index, num_classes)
-            _score_batch(model, teacher, batch, names, kwargs, teacher_kwargs, rules, count_void_as_background,
-                         device, predictive, pointing, auroc, similarity, counts)
+            _score_batch(model, teacher, batch, names, extra, kwargs, teacher_kwargs, rules, count_void_as_background,
+                         device, predictive, rows, pairs, counts)
             advance()
 
     if world > 1:  # the metrics sync themselves at compute(); the counters are ours to sum
         counts = _sum_over_ranks(counts, device)
-    result = _results(names, protocol, rules, count_void_as_background, predictive, pointing, auroc, similarity,
-                      counts)
+    result = _results(names, extra, protocol, rules, count_void_as_background, predictive, rows, pairs, counts,
+                      bootstrap, seed)
+    result["per_class"] = _per_class(rows, pairs, num_classes, class_names or getattr(data, "class_names", None))
     result["provenance"] = {**_provenance(model, teacher, names, kwargs, teacher_kwargs, max_images, max_batches),
+                            "baselines": list(extra), "bootstrap": {"resamples": bootstrap, "seed": seed,
+                                                                    "level": 0.95},
                             **dict(provenance or {})}
     if rank == 0:
         if logger is not None:
             log_results(logger, result)
         if out is not None:
             save_results(result, out)
+            write_per_class(result["per_class"], out)
     return result
 
 
@@ -221,23 +273,21 @@ def _sum_over_ranks(counts: dict[str, int], device: torch.device) -> dict[str, i
 
 # -- per batch --------------------------------------------------------------------------------------
 def _score_batch(
-    model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str],
+    model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str], extra: list[str],
     kwargs: dict[str, dict[str, Any]], teacher_kwargs: dict[str, dict[str, Any]], rules: Protocol,
-    count_void: bool, device: torch.device,
-    predictive: Any, pointing: dict[str, PointingGame], auroc: dict[str, MaskAUROC],
-    similarity: dict[str, MapSimilarity], counts: dict[str, int],
+    count_void: bool, device: torch.device, predictive: Any, rows: dict[str, RowMetrics], pairs: PairRecords,
+    counts: dict[str, int],
 ) -> None:
     images = batch["image"].to(device)
     labels = batch["labels"].to(device)
-    masks = batch["mask"].to(device).long()
     num_classes = labels.shape[1]
-    present = present_classes(masks, num_classes)
+    scorable, present = (t.to(device) for t in ground_truth(batch, num_classes))
 
     def select(logits: Tensor) -> tuple[Tensor, Tensor]:
         if tuple(logits.shape) != (images.shape[0], num_classes):
             raise ValueError(f"Expected the model output to be [B={images.shape[0]}, K={num_classes}] logits, "
                              f"but got {tuple(logits.shape)}.")
-        keep = present & (logits > 0) if rules.predicted_only else present
+        keep = scorable & (logits > 0) if rules.predicted_only else scorable
         return keep.nonzero(as_tuple=True)
 
     # the first layer method (Grad-CAM, SWA, EWA) shares its forward with the prediction
@@ -257,68 +307,39 @@ def _score_batch(
     counts["skipped"] += int(present.sum()) - image_index.numel()
     if image_index.numel() == 0:
         return
-    pair_masks = masks[image_index]
-    objects = pair_masks == (classes + 1)[:, None, None]
-    ignore = None if count_void else pair_masks == IGNORE_INDEX
-    for name in names:
+    targets = pair_targets(batch, image_index, classes, present, count_void, device)
+    pairs.update(classes=classes, difficult=targets.difficult)
+    for name in [*names, *extra]:
         maps = maps_by_method.pop(name, None)
         if maps is None:
-            maps = attribute(model, images, classes, name, image_index=image_index, normalize=True, **kwargs[name])
-        pointing[name].update(maps, objects, classes=classes, ignore=ignore)
-        auroc[name].update(maps, objects, ignore=ignore)
-        if teacher is not None:
+            maps = attribute(model, images, classes, name, image_index=image_index, normalize=True,
+                             **kwargs.get(name, {}))
+        teacher_maps = None
+        if teacher is not None and name in names:
             teacher_device = _device(teacher)
             teacher_maps = attribute(teacher, images.to(teacher_device), classes.to(teacher_device), name,
                                      image_index=image_index.to(teacher_device), normalize=True,
                                      **teacher_kwargs[name])
-            similarity[name].update(maps, teacher_maps.to(maps.device))
-
-
-def present_classes(masks: Tensor, num_classes: int) -> Tensor:
-    """``[B, K]`` bool: class c has at least one pixel of value ``c + 1`` in the image's mask.
-
-    Example:
-        >>> present_classes(torch.tensor([[[0, 2], [255, 2]]]), num_classes=3)
-        tensor([[False,  True, False]])
-    """
-    values = masks.flatten(1).long()
-    values = torch.where((values >= 1) & (values <= num_classes), values, 0)
-    present = torch.zeros(values.shape[0], num_classes + 1, dtype=torch.bool, device=masks.device)
-    present.scatter_(1, values, True)
-    return present[:, 1:]
+        rows[name].update(maps, targets, classes, teacher_maps)
 
 
 # -- results --------------------------------------------------------------------------------------
-def _compute_quietly(metric: Any) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # empty metrics: one warning of ours replaces theirs
-        return metric.compute()
-
-
 def _results(
-    names: list[str], protocol: str, rules: Protocol, count_void: bool, predictive: Any,
-    pointing: dict[str, PointingGame], auroc: dict[str, MaskAUROC], similarity: dict[str, MapSimilarity],
-    counts: dict[str, int],
+    names: list[str], extra: list[str], protocol: str, rules: Protocol, count_void: bool, predictive: Any,
+    rows: dict[str, RowMetrics], pairs: PairRecords, counts: dict[str, int], resamples: int, seed: int,
 ) -> dict[str, Any]:
-    scores = _compute_quietly(predictive)
+    scores = compute_quietly(predictive)
     metrics: dict[str, Any] = {key: float(value) for key, value in scores.items()}
     metrics["num_images"] = counts["images"]
-    nan = float("nan")
-    per_method: dict[str, dict[str, Any]] = {}
-    for name in names:
-        scored = counts["pairs"] > 0
-        entry: dict[str, Any] = {
-            "auc": float(_compute_quietly(auroc[name])) if scored else nan,
-            "point_acc": float(_compute_quietly(pointing[name])) if scored else nan,
-            "cos": nan,
-            "l2": nan,
-        }
-        if name in similarity and scored:
-            sim = _compute_quietly(similarity[name])
-            entry["cos"], entry["l2"] = float(sim["cos"]), float(sim["l2"])
+    scored = counts["pairs"] > 0
+    shared = records_of(pairs)
+    classes, difficult = shared["classes"].long(), shared["difficult"].bool()
+    entries: dict[str, dict[str, Any]] = {}
+    for name in [*names, *extra]:
+        entry = rows[name].entry(scored, classes, difficult, resamples, seed)
         entry["num_pairs"], entry["num_skipped"] = counts["pairs"], counts["skipped"]
-        per_method[name] = entry
-    if counts["pairs"] == 0:
+        entries[name] = entry
+    if not scored:
         why = (f"the model predicted none of the {counts['skipped']} ground-truth (image, class) pairs positive "
                "(logit > 0)" if rules.predicted_only else "the masks hold no class pixels")
         warnings.warn(
@@ -326,12 +347,25 @@ def _results(
             f"metrics (auc, point_acc, cos, l2) of {', '.join(names)} are nan and num_pairs is 0.",
             UserWarning, stacklevel=3,
         )
+    elif rules.average == "class":
+        unseen = sorted(set(range(next(iter(rows.values())).num_classes)) - set(classes.tolist()))
+        if unseen:
+            warnings.warn(f"evaluate: protocol {protocol!r} averages point accuracy over all classes as TorchRay "
+                          f"does; classes {unseen} had no scored pair and count as 0.", UserWarning, stacklevel=3)
     return {
         "metrics": metrics,
-        "methods": per_method,
+        "methods": {name: entries[name] for name in names},
+        "baselines": {name: entries[name] for name in extra},
         "protocol": {"name": protocol, "predicted_only": rules.predicted_only, "tolerance": rules.tolerance,
                      "average": rules.average, "count_void_as_background": count_void},
     }
+
+
+def _per_class(rows: dict[str, RowMetrics], pairs: PairRecords, num_classes: int,
+               class_names: Sequence[str] | None) -> list[dict[str, Any]]:
+    classes = records_of(pairs)["classes"]
+    names = list(class_names) if class_names is not None and len(class_names) == num_classes else None
+    return per_class_rows({name: row.record_values() for name, row in rows.items()}, classes, num_classes, names)
 
 
 def package_versions() -> dict[str, str]:
@@ -393,34 +427,55 @@ def _cell(value: Any, scale: float, digits: int) -> str:
     return f"{value * scale:.{digits}f}"
 
 
+def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``(name, kind, entry)`` of every row: the methods, then the model-free baselines."""
+    return ([(n, "method", e) for n, e in result["methods"].items()]
+            + [(n, "baseline", e) for n, e in result.get("baselines", {}).items()])
+
+
+def _interval(entry: Mapping[str, Any], key: str) -> str:
+    low, high = entry.get(key) or (None, None)
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return "-"
+    return f"{100 * low:.1f}-{100 * high:.1f}"
+
+
 def _table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "mAP", "F1", "AUC", "point acc", "cos", "l2", "pairs"]
+    header = ["method", "mAP", "F1", "AUC", "point acc", "cos", "l2", "pairs", "energy", "point acc 95% CI"]
     metrics = result["metrics"]
     rows = []
-    for name, entry in result["methods"].items():
+    for name, kind, entry in _rows(result):
         rows.append([
-            name, _cell(metrics.get("map"), 100, 2), _cell(metrics.get("f1"), 100, 2), _cell(entry["auc"], 100, 2),
-            _cell(entry["point_acc"], 100, 2), _cell(entry["cos"], 1, 3), _cell(entry["l2"], 1, 2),
-            str(entry["num_pairs"]),
+            name if kind == "method" else f"{name} (baseline)", _cell(metrics.get("map"), 100, 2),
+            _cell(metrics.get("f1"), 100, 2), _cell(entry["auc"], 100, 2), _cell(entry["point_acc"], 100, 2),
+            _cell(entry["cos"], 1, 3), _cell(entry["l2"], 1, 2), str(entry["num_pairs"]),
+            _cell(entry.get("energy"), 100, 2), _interval(entry, "point_acc_ci"),
         ])
     return header, rows
 
 
 def format_table(result: Mapping[str, Any], plain: bool = False) -> str:
-    """The result as a table: one row per method; mAP (per-class VOC), F1, AUC and point accuracy
-    in percent, cos and l2 to the teacher ("-" where not computed), scored pairs.
+    """The result as a table: one row per method, then one per model-free baseline (``center``:
+    what guessing the image centre scores); mAP (per-class VOC), F1, AUC and point accuracy in
+    percent, cos and l2 to the teacher ("-" where not computed), scored pairs, energy share in
+    percent and the bootstrap 95% interval of the point accuracy.
 
     Args:
         result: what :func:`evaluate` returned (or :func:`load_results` read).
         plain: plain aligned text instead of a rich table.
 
     Example:
+        >>> nan = float("nan")
         >>> result = {"metrics": {"map": 0.9, "f1": 0.75}, "protocol": {"name": "paper"},
-        ...           "methods": {"gradcam": {"auc": 0.8812, "point_acc": 0.8, "cos": float("nan"),
-        ...                                   "l2": float("nan"), "num_pairs": 10, "num_skipped": 2}}}
+        ...           "methods": {"gradcam": {"auc": 0.8812, "point_acc": 0.8, "cos": nan, "l2": nan,
+        ...                                   "num_pairs": 10, "num_skipped": 2, "energy": 0.5,
+        ...                                   "point_acc_ci": [0.6, 0.95]}},
+        ...           "baselines": {"center": {"auc": 0.7, "point_acc": 0.5, "cos": nan, "l2": nan,
+        ...                                    "num_pairs": 10, "num_skipped": 2}}}
         >>> print(format_table(result, plain=True))
-        method   mAP    F1     AUC    point acc  cos  l2  pairs
-        gradcam  90.00  75.00  88.12  80.00      -    -   10
+        method             mAP    F1     AUC    point acc  cos  l2  pairs  energy  point acc 95% CI
+        gradcam            90.00  75.00  88.12  80.00      -    -   10     50.00   60.0-95.0
+        center (baseline)  90.00  75.00  70.00  50.00      -    -   10     -       -
     """
     header, rows = _table_rows(result)
     if plain:
@@ -455,7 +510,7 @@ def _jsonable(value: Any) -> Any:
 
 def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``results.json`` (the whole result, nan as ``null``) and ``results.csv`` (one row per
-    method, nan as ``nan``) into ``out_dir`` (created).
+    method, then per baseline, column ``row``; nan as ``nan``) into ``out_dir`` (created).
 
     Returns:
         The two paths.
@@ -469,7 +524,7 @@ def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple
         >>> folder = tempfile.mkdtemp()
         >>> json_path, csv_path = save_results(result, folder)
         >>> json_path.name, csv_path.read_text().splitlines()[1]
-        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper')
+        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper,method,,,,,,,')
         >>> math.isnan(load_results(folder)["methods"]["gradcam"]["cos"])
         True
     """
@@ -481,11 +536,13 @@ def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple
     with csv_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_FIELDS)
-        for name, entry in result["methods"].items():
+        for name, kind, entry in _rows(result):
+            low_high = [v for key in CI_FIELDS for v in (entry.get(key) or (None, None))]
             writer.writerow([
                 name, metrics.get("map"), metrics.get("map_image"), metrics.get("f1"),
                 *(entry[key] for key in METHOD_FIELDS), metrics.get("num_images"),
-                result.get("protocol", {}).get("name", ""),
+                result.get("protocol", {}).get("name", ""), kind, *(entry.get(key) for key in EXTRA_FIELDS),
+                *low_high,
             ])
     return json_path, csv_path
 
@@ -504,10 +561,17 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
     for key in ("map", "map_image", "f1"):
         if key in result["metrics"] and result["metrics"][key] is None:
             result["metrics"][key] = nan
-    for entry in result["methods"].values():
-        for key in ("auc", "point_acc", "cos", "l2"):
-            if entry.get(key) is None:
+    for entry in [*result["methods"].values(), *result.get("baselines", {}).values()]:
+        for key in ("auc", "point_acc", "cos", "l2", "energy", "point_acc_difficult"):
+            if key in entry and entry[key] is None:
                 entry[key] = nan
+        for key in CI_FIELDS:
+            if key in entry:
+                entry[key] = [nan if v is None else v for v in entry[key]]
+    for row in result.get("per_class", []):
+        for key in ("point_acc", "auc", "energy"):
+            if row.get(key, 0) is None:
+                row[key] = nan
     return result
 
 
@@ -524,8 +588,9 @@ def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -
     if isinstance(logger, WandbLogger):
         header, _ = _table_rows(result)
         metrics = result["metrics"]
-        data = [[name, metrics.get("map"), metrics.get("f1"), entry["auc"], entry["point_acc"], entry["cos"],
-                 entry["l2"], entry["num_pairs"]] for name, entry in result["methods"].items()]
+        data = [[name if kind == "method" else f"{name} (baseline)", metrics.get("map"), metrics.get("f1"),
+                 entry["auc"], entry["point_acc"], entry["cos"], entry["l2"], entry["num_pairs"], entry.get("energy"),
+                 _interval(entry, "point_acc_ci")] for name, kind, entry in _rows(result)]
         logger.log_table(key=f"{key}/table", columns=header, data=[[_jsonable(v) for v in row] for row in data])
         return
     if not callable(getattr(logger, "log_metrics", None)):
@@ -537,7 +602,8 @@ def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -
 
 
 def summary_values(result: Mapping[str, Any], key: str = "evaluate") -> dict[str, float]:
-    """The finite numbers of a result as flat ``{key}/map``, ``{key}/{method}/point_acc``, ... entries.
+    """The finite numbers of a result as flat ``{key}/map``, ``{key}/{method}/point_acc``, ... entries
+    (baselines as ``{key}/{baseline}/...``; intervals as ``..._ci_low``/``..._ci_high``).
 
     Example:
         >>> summary_values({"metrics": {"map": 0.5, "num_images": 4},
@@ -545,8 +611,12 @@ def summary_values(result: Mapping[str, Any], key: str = "evaluate") -> dict[str
         {'evaluate/map': 0.5, 'evaluate/num_images': 4.0, 'evaluate/gradcam/auc': 0.9, 'evaluate/gradcam/num_pairs': 3.0}
     """
     flat: dict[str, Any] = {f"{key}/{name}": value for name, value in result["metrics"].items()}
-    for method, entry in result["methods"].items():
-        flat.update({f"{key}/{method}/{name}": value for name, value in entry.items()})
+    for method, _, entry in _rows(result):
+        for name, value in entry.items():
+            if isinstance(value, (list, tuple)) and len(value) == 2:
+                flat.update({f"{key}/{method}/{name}_low": value[0], f"{key}/{method}/{name}_high": value[1]})
+            else:
+                flat[f"{key}/{method}/{name}"] = value
     return {k: float(v) for k, v in flat.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
 
@@ -604,6 +674,24 @@ def _check_arguments(
     return PROTOCOLS[protocol]
 
 
+def _check_extras(baselines: Any, bootstrap: Any, seed: Any, class_names: Any, names: list[str]) -> list[str]:
+    """Check the baseline rows, bootstrap settings and class names; the baselines not already methods."""
+    listed = [baselines] if isinstance(baselines, str) else baselines
+    if not isinstance(listed, Sequence) or not all(isinstance(n, str) for n in listed):
+        raise ValueError(f"Expected argument `baselines` to be a method name or a sequence of names, but got "
+                         f"{baselines!r}.")
+    for name in listed:
+        check_method(name)
+    for arg, value, low in (("bootstrap", bootstrap, 0), ("seed", seed, None)):
+        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+            raise ValueError(f"Expected argument `{arg}` to be an int{' >= 0' if low is not None else ''}, but got "
+                             f"{value!r}.")
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+        raise ValueError(f"Expected argument `class_names` to be a sequence of names or None, but got "
+                         f"{class_names!r}.")
+    return [name for name in dict.fromkeys(listed) if name not in names]
+
+
 def _first_images(batches: Iterator[Mapping[str, Any]], limit: int) -> Iterator[Mapping[str, Any]]:
     """The batches up to ``limit`` images in all, the last one cut."""
     left = limit
@@ -654,34 +742,57 @@ def _batches(data: Any, max_batches: int | None, world: int = 1, rank: int = 0,
 
 
 def _check_batch(batch: Any, index: int, num_classes: int | None) -> int:
-    """Validate one batch (keys, shapes, dtypes, mask values); returns its number of classes."""
+    """Validate one batch (keys, shapes, dtypes, mask or box values); returns its number of classes."""
     where = f"batch {index}"
-    if not isinstance(batch, Mapping) or not {"image", "labels", "mask"} <= set(batch):
+    if not isinstance(batch, Mapping) or not {"image", "labels"} <= set(batch) or not {"mask", "boxes"} & set(batch):
         keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise ValueError(f"Expected {where} to be a dict with 'image', 'labels' and 'mask', but got {keys}.")
-    images, labels, masks = batch["image"], batch["labels"], batch["mask"]
-    if not all(isinstance(t, Tensor) for t in (images, labels, masks)):
-        raise ValueError(f"Expected {where}: 'image', 'labels' and 'mask' to be tensors.")
+        raise ValueError(f"Expected {where} to be a dict with 'image', 'labels' and 'mask' (or 'boxes'), but got "
+                         f"{keys}.")
+    truth = "boxes" if "boxes" in batch else "mask"
+    images, labels = batch["image"], batch["labels"]
+    if not all(isinstance(t, Tensor) for t in (images, labels, batch[truth])):
+        raise ValueError(f"Expected {where}: 'image', 'labels' and '{truth}' to be tensors.")
     if images.ndim != 4 or not images.is_floating_point():
         raise ValueError(f"Expected {where}: 'image' to be a float [B, 3, H, W] tensor, but got shape "
                          f"{tuple(images.shape)} dtype {images.dtype}.")
-    b, _, h, w = images.shape
+    b = images.shape[0]
     if labels.ndim != 2 or labels.shape[0] != b:
         raise ValueError(f"Expected {where}: 'labels' to be [B={b}, K], but got {tuple(labels.shape)}.")
     if num_classes is not None and labels.shape[1] != num_classes:
         raise ValueError(f"Expected {where}: 'labels' to have K={num_classes} columns like the first batch, but got "
                          f"{labels.shape[1]}.")
+    (_check_boxes if truth == "boxes" else _check_masks)(batch, where, labels.shape[1])
+    return labels.shape[1]
+
+
+def _check_masks(batch: Mapping[str, Any], where: str, k: int) -> None:
+    b, _, h, w = batch["image"].shape
+    masks = batch["mask"]
     if tuple(masks.shape) != (b, h, w):
         raise ValueError(f"Expected {where}: 'mask' to be [B, H, W] = {(b, h, w)} like 'image', but got "
                          f"{tuple(masks.shape)}.")
     if masks.is_floating_point() or masks.dtype == torch.bool:
         raise ValueError(f"Expected {where}: 'mask' to be an integer tensor, but got dtype {masks.dtype}.")
-    k = labels.shape[1]
     bad = (masks < 0) | ((masks > k) & (masks != IGNORE_INDEX))
     if bool(bad.any()):
         raise ValueError(f"Expected {where}: 'mask' values in 0..{k} or {IGNORE_INDEX} (void), but got "
                          f"{int(masks[bad].flatten()[0])}.")
-    return k
+
+
+def _check_boxes(batch: Mapping[str, Any], where: str, k: int) -> None:
+    b = batch["image"].shape[0]
+    boxes, sizes = batch["boxes"], batch.get("box_size")
+    if boxes.ndim != 3 or boxes.shape[0] != b or boxes.shape[2] != 6 or not boxes.is_floating_point():
+        raise ValueError(f"Expected {where}: 'boxes' to be a float [B={b}, M, 6] tensor (class, x0, y0, x1, y1, "
+                         f"difficult), but got shape {tuple(boxes.shape)} dtype {boxes.dtype}.")
+    cls = boxes[..., 0]
+    if bool(((cls != cls.round()) | (cls < -1) | (cls >= k)).any()):
+        raise ValueError(f"Expected {where}: box classes in 0..{k - 1} or -1 (padding), but got "
+                         f"{sorted(set(cls.flatten().tolist()))[:10]}.")
+    if sizes is not None and (not isinstance(sizes, Tensor) or tuple(sizes.shape) != (b, 2)
+                              or sizes.is_floating_point() or bool((sizes < 1).any())):
+        raise ValueError(f"Expected {where}: 'box_size' to be a positive integer [B={b}, 2] tensor (height, width), "
+                         f"but got {sizes!r:.80}.")
 
 
 def _device(module: nn.Module) -> torch.device:

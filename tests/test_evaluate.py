@@ -194,7 +194,9 @@ def test_results_round_trip_through_json_and_csv(tmp_path):
                 else got == value, key
     with (tmp_path / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 1 and rows[0]["method"] == "channel" and rows[0]["protocol"] == "paper"
+    # one row per method, then the model-free centre baseline
+    assert [(r["method"], r["row"]) for r in rows] == [("channel", "method"), ("center", "baseline")]
+    assert rows[0]["protocol"] == "paper"
     assert float(rows[0]["point_acc"]) == result["methods"]["channel"]["point_acc"]
     assert float(rows[0]["map"]) == result["metrics"]["map"] and math.isnan(float(rows[0]["cos"]))
     assert int(rows[0]["num_pairs"]) == 8

@@ -19,6 +19,7 @@ name                      what                                                 d
 ``deeplift_rc``           DeepLIFT reveal-cancel (ours), zero baseline         False
 ``ig``                    captum IntegratedGradients, zero baseline            False
 ``input_x_gradient``      captum InputXGradient                                False
+``center``                centred Gaussian, no model (baseline, ``sigma``)     False
 ========================  ==================================================  =======================
 
 Input-space maps are summed over colour channels (signed). Layer maps (Grad-CAM, SWA, EWA) are
@@ -56,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attrpreserve.attribution.baselines import center_map
 from attrpreserve.attribution.maps import channel_weights, ewa_map
 from attrpreserve.models.layers import resolve_layer_name
 
@@ -836,6 +838,7 @@ register_method("deeplift", _deeplift)
 register_method("deeplift_rc", _deeplift_rc)
 register_method("ig", _ig)
 register_method("input_x_gradient", _input_x_gradient)
+register_method("center", center_map)  # model-free baseline (attribution/baselines.py)
 
 __all__ = [
     "METHODS", "MethodFn", "MethodSpec", "LayerRule", "LRP_COMPOSITES", "DEEPLIFT_BACKENDS", "attribute",

@@ -1,15 +1,21 @@
 """Metrics of attribution quality and prediction, as torchmetrics ``Metric`` objects.
 
-Localisation against masks: ``PointingGame``, ``MaskAUROC``; agreement with the teacher:
+Localisation against masks: ``PointingGame``, ``TorchRayPointingGame`` (TorchRay's exact rule),
+``EnergyPointingGame``, ``MaskAUROC``; agreement with the teacher:
 ``MapSimilarity``; prediction: ``PerImageAveragePrecision`` and ``classification_metrics``
 (per-class mAP, per-image mAP, F1). The functional forms (``pointing_game``, ``mask_auroc``,
 ``map_similarity``, ``per_image_average_precision``) live in ``attrpreserve.metrics.functional``,
 as in torchmetrics.
 """
 
+from attrpreserve.metrics.energy_pointing import EnergyPointingGame
 from attrpreserve.metrics.map_similarity import MapSimilarity
 from attrpreserve.metrics.mask_auroc import MaskAUROC
 from attrpreserve.metrics.pointing_game import PointingGame
 from attrpreserve.metrics.predictive import PerImageAveragePrecision, classification_metrics
+from attrpreserve.metrics.torchray_pointing import TorchRayPointingGame
 
-__all__ = ["MapSimilarity", "MaskAUROC", "PerImageAveragePrecision", "PointingGame", "classification_metrics"]
+__all__ = [
+    "EnergyPointingGame", "MapSimilarity", "MaskAUROC", "PerImageAveragePrecision", "PointingGame",
+    "TorchRayPointingGame", "classification_metrics",
+]

@@ -1,0 +1,106 @@
+"""The metrics of one table row (an attribution method or a baseline) and the numbers they give.
+
+Every row is scored on the same pairs: point accuracy (the protocol's pointing game), AUC,
+energy share, with a teacher cos/l2, under the TorchRay protocol the accuracy on the EBP
+difficult subset, and per-pair records for bootstrap intervals and per-class tables. All states
+are torchmetrics states, so they sync across processes at ``compute()``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attrpreserve.evaluation.bootstrap import bootstrap_ci
+from attrpreserve.evaluation.pairs import PairTargets
+from attrpreserve.evaluation.records import PairRecords, pair_values
+from attrpreserve.metrics import EnergyPointingGame, MapSimilarity, MaskAUROC, PointingGame, TorchRayPointingGame
+
+RECORD_FIELDS = ("hit", "auc", "energy")
+
+
+def compute_quietly(metric: Any) -> Any:
+    """``metric.compute()`` without torchmetrics' warnings (an empty metric is reported once, by us)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return metric.compute()
+
+
+def records_of(records: PairRecords) -> dict[str, Tensor]:
+    """``records.compute()`` as 1-D CPU vectors (torchmetrics squeezes a one-pair result to 0-d)."""
+    return {k: v.reshape(-1).cpu() for k, v in compute_quietly(records).items()}
+
+
+class RowMetrics:
+    """The metrics of one row.
+
+    Args:
+        tolerance: pointing-game radius in pixels.
+        average: ``"micro"`` (point accuracy over maps) or ``"class"`` (TorchRay: per class, then
+            the mean over all ``num_classes`` classes; adds the difficult-subset accuracy).
+        num_classes: K.
+        device: where the states live.
+        teacher: keep cos/l2 to a teacher's maps.
+    """
+
+    def __init__(self, tolerance: float, average: str, num_classes: int, device: torch.device, teacher: bool) -> None:
+        self.tolerance, self.average, self.num_classes = tolerance, average, num_classes
+        torchray = average == "class"
+        self.pointing = (TorchRayPointingGame(num_classes, tolerance, validate_args=False) if torchray
+                         else PointingGame(tolerance, average, validate_args=False)).to(device)
+        self.difficult = TorchRayPointingGame(num_classes, tolerance, validate_args=False).to(device) if torchray \
+            else None
+        self.auroc = MaskAUROC(validate_args=False).to(device)
+        self.energy = EnergyPointingGame(validate_args=False).to(device)
+        self.similarity = MapSimilarity(validate_args=False).to(device) if teacher else None
+        self.records = PairRecords(RECORD_FIELDS).to(device)
+
+    def update(self, maps: Tensor, targets: PairTargets, classes: Tensor, teacher_maps: Tensor | None = None) -> None:
+        """Score ``[N, H, W]`` maps (image resolution) of the pairs against ``targets``."""
+        scored = targets.frame_maps(maps)
+        objects, ignore = targets.objects, targets.ignore
+        self.pointing.update(scored, objects, classes=classes, ignore=ignore)
+        self.auroc.update(scored, objects, ignore=ignore)
+        self.energy.update(scored, objects, ignore=ignore)
+        self.records.update(**pair_values(scored, objects, ignore, self.tolerance))
+        if self.difficult is not None and bool(targets.difficult.any()):
+            d = targets.difficult
+            self.difficult.update(scored[d], objects[d], classes[d], None if ignore is None else ignore[d])
+        if self.similarity is not None and teacher_maps is not None:
+            self.similarity.update(maps, teacher_maps.to(maps.device))
+
+    def entry(self, scored: bool, classes: Tensor, difficult: Tensor, resamples: int, seed: int) -> dict[str, Any]:
+        """The row's numbers (nan where nothing was scored). ``classes``/``difficult``: the synced
+        per-pair class and difficult flag, in the records' order."""
+        nan = math.nan
+        entry: dict[str, Any] = {"auc": nan, "point_acc": nan, "cos": nan, "l2": nan, "energy": nan,
+                                 "point_acc_difficult": nan, "num_pairs_difficult": int(difficult.sum()),
+                                 "point_acc_ci": [nan, nan], "auc_ci": [nan, nan]}
+        if not scored:
+            return entry
+        entry["auc"] = float(compute_quietly(self.auroc))
+        entry["point_acc"] = float(compute_quietly(self.pointing))
+        entry["energy"] = float(compute_quietly(self.energy))
+        if self.difficult is not None and entry["num_pairs_difficult"]:
+            entry["point_acc_difficult"] = float(compute_quietly(self.difficult))
+        if self.similarity is not None:
+            sim = compute_quietly(self.similarity)
+            entry["cos"], entry["l2"] = float(sim["cos"]), float(sim["l2"])
+        if resamples:
+            values = self.record_values()
+            per_class = self.average == "class"
+            entry["point_acc_ci"] = list(bootstrap_ci(values["hit"], classes if per_class else None,
+                                                      self.num_classes if per_class else None, resamples, seed=seed))
+            entry["auc_ci"] = list(bootstrap_ci(values["auc"], resamples=resamples, seed=seed))
+        return entry
+
+    def record_values(self) -> dict[str, Tensor]:
+        """Per-pair ``hit``/``auc``/``energy`` over all batches (and processes), on the CPU."""
+        return records_of(self.records)
+
+
+__all__ = ["RECORD_FIELDS", "RowMetrics", "compute_quietly", "records_of"]
