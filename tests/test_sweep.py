@@ -208,6 +208,58 @@ def test_slurm_without_submitit_says_what_to_install(tmp_path, monkeypatch):
         main(["--config", str(SSWA), "--out", str(tmp_path), "--engine", "slurm"])
 
 
+class _FakeSlurm:
+    """Stands in for submitit on a machine without SLURM: records submissions, reports job states."""
+
+    submitted: list = []
+    parameters: dict = {}
+    states: dict = {}
+
+    class AutoExecutor:
+        def __init__(self, folder, cluster=None):
+            self.cluster = cluster
+
+        def update_parameters(self, **kwargs):
+            _FakeSlurm.parameters.update(kwargs)
+
+        def map_array(self, fn, specs):
+            jobs = []
+            for spec in specs:
+                _FakeSlurm.submitted.append(spec.id)
+                jobs.append(type("Job", (), {"job_id": f"77_{len(_FakeSlurm.submitted)}"})())
+            return jobs
+
+    class SlurmJob:
+        def __init__(self, folder, job_id):
+            self.job_id = job_id
+
+        def get_info(self, mode="standard"):
+            return {"State": _FakeSlurm.states.get(self.job_id, "UNKNOWN")}
+
+
+def test_slurm_submits_a_job_array_and_never_a_run_whose_job_is_still_out(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "submitit", _FakeSlurm)
+    for name, empty in (("submitted", []), ("parameters", {}), ("states", {})):
+        monkeypatch.setattr(_FakeSlurm, name, empty)
+    args = ["--config", str(SSWA), "--grid", "callbacks.weight=10,100", "--out", str(tmp_path), "--engine", "slurm",
+            "--slurm-partition", "gpu", "--gpus-per-node", "1", "--timeout-min", "90", "--slurm-param", "exclude=n1",
+            "--workers", "4", "--no-wait"]
+    assert main(args) == 0
+    assert _FakeSlurm.submitted == ["distill_div8_sswa/weight=10/seed=0", "distill_div8_sswa/weight=100/seed=0"]
+    assert {k: _FakeSlurm.parameters[k] for k in ("slurm_partition", "gpus_per_node", "timeout_min",
+                                                  "slurm_additional_parameters", "slurm_array_parallelism")} == \
+        {"slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 90,
+         "slurm_additional_parameters": {"exclude": "n1"}, "slurm_array_parallelism": 4}
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["job_id"] for r in manifest["runs"]] == ["77_1", "77_2"]
+    # the first job still runs, the second one died: only the second run is submitted again
+    _FakeSlurm.states.update({"77_1": "RUNNING", "77_2": "CANCELLED by 12"})
+    assert main(args) == 0
+    assert _FakeSlurm.submitted[2:] == ["distill_div8_sswa/weight=100/seed=0"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["job_id"] for r in manifest["runs"]] == ["77_1", "77_3"]
+
+
 # -- aggregation -----------------------------------------------------------------------------------
 POINT_ACC = {("kd", 0): 0.40, ("kd", 1): 0.50, ("kd", 2): 0.45,
              ("10", 0): 0.55, ("10", 1): 0.60, ("10", 2): 0.50,

@@ -14,6 +14,7 @@ from typing import Any
 from attrpreserve.study.aggregate import aggregate, format_markdown, load_reference, write_tables
 from attrpreserve.study.execute import (
     ENGINES,
+    active_slurm_jobs,
     available_cores,
     fit_command,
     run_local,
@@ -250,8 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     executor = None
     if args.engine != "local" and todo:
         executor = submitit_executor(args.engine, out / ".submitit", _executor_parameters(args))
-    write_manifest(out, specs, argv=argv)
     lock, outcomes, jobs, failed = threading.Lock(), {}, {}, []
+    if args.engine == "slurm" and todo:  # jobs of an earlier --no-wait that are still out: not twice
+        earlier = read_manifest(out)["runs"] if (out / "manifest.json").is_file() else []
+        busy = active_slurm_jobs(out / ".submitit", {r["id"]: r["job_id"] for r in earlier
+                                                      if r.get("job_id") and r["id"] in status})
+        if busy:
+            print(f"{len(busy)} run(s) still queued or running on SLURM, not submitted again: {', '.join(sorted(busy))}")
+            jobs.update({r["id"]: r["job_id"] for r in earlier if r["id"] in busy})
+            todo = [spec for spec in todo if spec.id not in busy]
+    write_manifest(out, specs, {i: {"job_id": j} for i, j in jobs.items()}, argv=argv)
 
     def record() -> None:
         merged = {i: {**({"job_id": jobs[i]} if i in jobs else {}), **outcomes.get(i, {})} for i in {*jobs, *outcomes}}

@@ -71,7 +71,7 @@ def fit_command(spec: RunSpec, resume: Path | None = None) -> list[str]:
 def evaluate_command(spec: RunSpec, protocol: str) -> list[str]:
     """``python -m attrpreserve evaluate`` of the run's final checkpoint under ``protocol``."""
     return [sys.executable, "-m", "attrpreserve", "evaluate", "--ckpt", str(Path(spec.folder) / "final.ckpt"),
-            *spec.evaluate_args, "--methods", ",".join(spec.methods), "--protocol", protocol,
+            "--no-progress", *spec.evaluate_args, "--methods", ",".join(spec.methods), "--protocol", protocol,
             "--out", str(Path(spec.folder) / "results" / protocol)]
 
 
@@ -188,6 +188,26 @@ def run_submitit(specs: Sequence[RunSpec], executor: Any, workers: int | None, o
         if not finished:
             time.sleep(0.5)
     return outcomes
+
+
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
+                 "REQUEUE_HOLD", "REQUEUE_FED")
+
+
+def active_slurm_jobs(folder: str | os.PathLike, job_ids: Mapping[str, str]) -> set[str]:
+    """The runs (of ``{run id: job id}``) whose SLURM job is still queued or running, by sacct
+    through submitit; a job sacct does not know counts as finished."""
+    import submitit
+
+    active = set()
+    for run_id, job_id in job_ids.items():
+        try:
+            info = submitit.SlurmJob(folder=str(Path(folder) / "%j"), job_id=job_id).get_info(mode="force")
+        except Exception:  # noqa: BLE001: sacct missing or failing: nothing known about the job
+            info = {}
+        if str(info.get("State", "")).split(" ")[0] in ACTIVE_STATES:
+            active.add(run_id)
+    return active
 
 
 def _result(spec: RunSpec, job: Any) -> Outcome:

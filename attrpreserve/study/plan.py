@@ -214,15 +214,17 @@ def evaluate_arguments(config: Mapping[str, Any], source: str = "") -> list[str]
 
     Example:
         >>> evaluate_arguments({"data": {"class_path": "attrpreserve.SyntheticDataModule",
-        ...                              "init_args": {"num_classes": 5, "seed": 3}}})
-        ['--data', 'synthetic', '--num-classes', '5', '--image-size', '64', '--seed', '3']
+        ...                              "init_args": {"num_classes": 5, "seed": 3, "num_test": 300}}})
+        ['--data', 'synthetic', '--num-classes', '5', '--image-size', '64', '--seed', '3', '--max-images', '300']
     """
     data = config.get("data") or {}
     init_args = data.get("init_args") or {} if isinstance(data, Mapping) else {}
     name = _class_name(data)
     if name == "SyntheticDataModule":
-        return ["--data", "synthetic", "--num-classes", str(init_args.get("num_classes", 4)),
-                "--image-size", str(init_args.get("image_size", 64)), "--seed", str(init_args.get("seed", 0))]
+        flags = ["--data", "synthetic", "--num-classes", str(init_args.get("num_classes", 4)),
+                 "--image-size", str(init_args.get("image_size", 64)), "--seed", str(init_args.get("seed", 0))]
+        # the config's localisation split: the first num_test images of evaluate's (same scenes)
+        return flags + (["--max-images", str(init_args["num_test"])] if "num_test" in init_args else [])
     if name == "VOCDataModule":
         if "root" not in init_args:
             raise ValueError(f"Config {source}: data.init_args.root (the VOC2012 folder) is not set.")
