@@ -384,3 +384,11 @@ def test_a_real_sweep_through_the_local_pool_then_submitit_resumes_it(tmp_path, 
         assert row["point_acc"]["mean"] == pytest.approx(sum(accs) / 2)
         assert row["point_acc"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
     assert (out / "sweep.png").is_file() and (out / "table.md").is_file()
+
+
+def test_full_flags_on_the_command_line_need_no_equals_sign(tmp_path, capsys):
+    assert main(["--config", str(SSWA), "--set", "--model.init_args.lr=0.01", "--grid", "--trainer.max_epochs=1,2",
+                 "--out", str(tmp_path), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "distill_div8_sswa/max_epochs=1/seed=0 [new]" in text and "distill_div8_sswa/max_epochs=2/seed=0" in text
+    assert not (tmp_path / "manifest.json").exists()  # a dry run writes nothing
