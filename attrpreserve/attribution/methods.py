@@ -20,6 +20,7 @@ name                      what                                                 d
 ``ig``                    captum IntegratedGradients, zero baseline            False
 ``input_x_gradient``      captum InputXGradient                                False
 ``center``                centred Gaussian, no model (baseline, ``sigma``)     False
+``rap``                   RAP (ours, Nam et al. 2020), VGG-style chains        False
 ========================  ==================================================  =======================
 
 Input-space maps are summed over colour channels (signed). Layer maps (Grad-CAM, SWA, EWA) are
@@ -59,6 +60,7 @@ from torch import Tensor, nn
 
 from attrpreserve.attribution.baselines import center_map
 from attrpreserve.attribution.maps import channel_weights, ewa_map
+from attrpreserve.attribution.rap import rap_map
 from attrpreserve.models.layers import resolve_layer_name
 
 MethodFn = Callable[..., Tensor]
@@ -839,6 +841,7 @@ register_method("deeplift_rc", _deeplift_rc)
 register_method("ig", _ig)
 register_method("input_x_gradient", _input_x_gradient)
 register_method("center", center_map)  # model-free baseline (attribution/baselines.py)
+register_method("rap", rap_map)  # Relative Attributing Propagation (attribution/rap.py)
 
 __all__ = [
     "METHODS", "MethodFn", "MethodSpec", "LayerRule", "LRP_COMPOSITES", "DEEPLIFT_BACKENDS", "attribute",
