@@ -20,7 +20,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from attrpreserve.attribution.capture import capture_features
@@ -28,10 +28,11 @@ from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
 from attrpreserve.metrics import classification_metrics
 from attrpreserve.models import CheckpointError, build_from_spec, load_weights, model_spec
 from attrpreserve.models.weights import weights_source
-from attrpreserve.recipe import training_recipe
+from attrpreserve.recipe import recipe_changes, training_recipe
 from attrpreserve.terms import ForwardResult, LossTerm
 
 NONFINITE = ("raise", "skip")
+RECIPE_CHANGES = ("raise", "warn")
 TASKS = ("multilabel", "multiclass")
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
@@ -70,6 +71,11 @@ def _load_role_weights(model: nn.Module, path: str | os.PathLike | None, role: s
     source = weights_source(path)
     rank_zero_info(f"{role} weights: {source['path']} (sha256 {source['sha256']})")
     return source
+
+
+def _check_recipe_change(value: Any) -> None:
+    if value not in RECIPE_CHANGES:
+        raise ValueError(f"Expected argument `on_recipe_change` to be one of {RECIPE_CHANGES}, but got {value!r}.")
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -173,11 +179,31 @@ class _ClassifierModule(pl.LightningModule):
         # lacks the callbacks, the networks and the weights files; they are what runs are
         # grouped and filtered by.
         recipe = training_recipe(self.trainer, self)
+        saved = getattr(self, "_saved_recipe", None)
+        if saved is not None:
+            self._check_resumed_recipe(saved.get("callbacks", {}), recipe["callbacks"])
         for logger in self.loggers:
             logger.log_hyperparams({key: recipe[key] for key in ("callbacks", "networks", "weights", "trainer")})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
+        self._saved_recipe = checkpoint.get("recipe")
+
+    def _check_resumed_recipe(self, saved: dict[str, Any], current: dict[str, Any]) -> None:
+        """A resumed fit trains as the run it continues: matching and pruning callbacks that went
+        missing, appeared or changed their settings stop it, unless ``on_recipe_change="warn"``."""
+        changes = recipe_changes(saved, current)
+        if not changes:
+            return
+        listed = "; ".join(changes)
+        if self.hparams.get("on_recipe_change", "raise") == "warn":
+            rank_zero_warn(f"Resuming with a changed training recipe (on_recipe_change='warn'): {listed}.")
+            return
+        raise ValueError(
+            f"The callbacks differ from those of the run that wrote the checkpoint: {listed}. Resume with the "
+            "same callbacks and settings, or pass --model.init_args.on_recipe_change warn to continue with the "
+            "change (it is logged)."
+        )
 
     def on_train_start(self) -> None:
         # Set here, not at load time: the sanity check and loader set-up of the resumed run come
@@ -243,6 +269,7 @@ class TeacherModule(_ClassifierModule):
         milestones, gamma: MultiStepLR (paper: x0.1 at epochs 10, 30, 40 of 60).
         optimizer: ``"sgd"`` (the paper) or ``"adamw"`` (``momentum``/``nesterov`` unused; trains
             small VGGs from scratch on the synthetic data, where SGD stalls).
+        on_recipe_change: as :class:`DistillationModule`'s.
 
     Logs ``train/loss``, ``val/loss``, ``val/map`` (per-class VOC mAP), ``val/map_image``
     (per-image AP, the reference code's "mAP") and ``val/f1`` (probability 0.5).
@@ -265,8 +292,10 @@ class TeacherModule(_ClassifierModule):
         milestones: Sequence[int] = (10, 30, 40),
         gamma: float = 0.1,
         optimizer: str = "sgd",
+        on_recipe_change: str = "raise",
     ) -> None:
         model = _as_model(model, "model")
+        _check_recipe_change(on_recipe_change)
         num_classes = _num_classes(model)
         if num_classes is None:
             raise ValueError("Expected argument `model` to end in a Linear classifier (no Linear layer found).")
@@ -326,6 +355,9 @@ class DistillationModule(_ClassifierModule):
             ``attrpreserve fit`` (a TeacherModule checkpoint) or a plain state dict. The path and
             its SHA-256 go to the run log, the logger's config and ``hparams["weights_sources"]``.
         student_weights: likewise for ``student`` (pruning starts from the teacher's weights).
+        on_recipe_change: resuming from a checkpoint whose matching/pruning callbacks differ from
+            this fit's (missing, added, other settings) stops with an error listing the
+            differences (``"raise"``), or goes on and logs them (``"warn"``).
         nonfinite: a step whose loss is NaN/inf stops the fit with a
             :class:`NonFiniteLossError` naming the term(s) and the step (``"raise"``), or is
             skipped (no optimiser step) and counted in ``train/skipped_steps`` (``"skip"``;
@@ -355,12 +387,14 @@ class DistillationModule(_ClassifierModule):
         nonfinite: str = "raise",
         teacher_weights: str | None = None,
         student_weights: str | None = None,
+        on_recipe_change: str = "raise",
     ) -> None:
         teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
         sources = {role: _load_role_weights(net, path, role)
                    for role, net, path in (("teacher", teacher, teacher_weights), ("student", student, student_weights))}
         if nonfinite not in NONFINITE:
             raise ValueError(f"Expected argument `nonfinite` to be one of {NONFINITE}, but got {nonfinite!r}.")
+        _check_recipe_change(on_recipe_change)
         if kd not in KD_MODES:
             raise ValueError(f"Expected argument `kd` to be one of {KD_MODES}, but got {kd!r}.")
         if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):

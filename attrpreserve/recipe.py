@@ -87,6 +87,41 @@ def callbacks_recipe(callbacks: list[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# Callbacks whose settings change what is trained: a resume must keep them as they were. Panels,
+# monitors, checkpointing and progress only look at the run.
+TRAINING_CALLBACKS = ("AttributionMatching", "UnstructuredPruning", "StructuredPruning", "ShapleyPruning",
+                      "ModelPruning", "EarlyStopping", "StochasticWeightAveraging", "GradientAccumulationScheduler",
+                      "BackboneFinetuning")
+
+
+def recipe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """How the training callbacks of ``current`` differ from ``saved`` (both :func:`callbacks_recipe`
+    dicts): one line per removed or added callback and per changed setting.
+
+    Example:
+        >>> recipe_changes({"AttributionMatching": {"mode": "sswa", "weight": 100.0}}, {})
+        ['AttributionMatching (mode=sswa, weight=100.0) is missing']
+        >>> recipe_changes({"AttributionMatching": {"weight": 100.0}}, {"AttributionMatching": {"weight": 10.0}})
+        ['AttributionMatching.weight: 100.0 -> 10.0']
+    """
+    def training(recipe: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in recipe.items() if k.split("-")[0] in TRAINING_CALLBACKS}
+
+    old, new = training(saved), training(current)
+    lines = []
+    for name in sorted(set(old) | set(new)):
+        if name not in new:
+            args = ", ".join(f"{k}={v}" for k, v in old[name].items() if k != "class")
+            lines.append(f"{name} ({args}) is missing")
+        elif name not in old:
+            lines.append(f"{name} was not in the run that wrote the checkpoint")
+        else:
+            for key in sorted(set(old[name]) | set(new[name])):
+                if old[name].get(key) != new[name].get(key):
+                    lines.append(f"{name}.{key}: {old[name].get(key)} -> {new[name].get(key)}")
+    return lines
+
+
 def network_summary(model: nn.Module) -> dict[str, Any]:
     """Architecture spec (when we built it), parameter count and convolution sparsity."""
     from attrpreserve.complexity import count_parameters, sparsity
@@ -201,5 +236,5 @@ def describe_checkpoint(path: str | os.PathLike, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["callback_settings", "callbacks_recipe", "describe_checkpoint", "file_digest", "network_summary", "plain",
-           "training_recipe", "weights_source"]
+__all__ = ["TRAINING_CALLBACKS", "callback_settings", "callbacks_recipe", "describe_checkpoint", "file_digest",
+           "network_summary", "plain", "recipe_changes", "training_recipe", "weights_source"]
