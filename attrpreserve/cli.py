@@ -33,6 +33,11 @@ Run `attrpreserve SUBCOMMAND --help` for the options of each. A mistake in the a
 files prints one line and exits with status 2; --debug (or ATTRPRESERVE_DEBUG=1) shows the traceback.
 """
 
+# SyntheticDataModule arguments that define the localisation split `evaluate` scores.
+SYNTHETIC_SETTINGS = ("num_classes", "image_size", "num_train", "num_val", "num_test", "seed", "scale", "ratio",
+                      "min_visible", "object_size", "max_objects", "max_distractors", "max_occlusion", "void_border",
+                      "mean", "std")
+
 # Errors a user's arguments, files or data cause: one line, exit status 2.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
@@ -94,7 +99,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="default: 0")
     p.add_argument("--num-classes", type=int, default=None,
                    help="synthetic data only (default: the checkpoint's class count)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic data only (default: 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="synthetic data only (default: the seed of the data the checkpoint was trained on, else 0)")
     p.add_argument("--methods", default="gradcam", help="comma-separated (default: gradcam); see below")
     p.add_argument("--layer", default=None,
                    help="layer of the evaluated network for the layer methods (gradcam, swa, ewa): an alias "
@@ -245,9 +251,14 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     if teacher is not None:
         say(f"teacher: {teacher_from}", flush=True)
     if args.data == "synthetic":
-        num_classes = args.num_classes or getattr(model, "num_classes", None) or 4
-        data = SyntheticDataModule(num_classes=num_classes, image_size=args.image_size or 64,
-                                   batch_size=args.batch_size, seed=args.seed, num_workers=args.num_workers)
+        # The run's own data settings (seed, sizes, objects: they define the localisation split)
+        # unless a flag says otherwise; a checkpoint trained on other data gives the defaults.
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {}
+        kept = {k: v for k, v in saved.items() if k in SYNTHETIC_SETTINGS} if "num_test" in saved else {}
+        kept.update({k: v for k, v in (("num_classes", args.num_classes), ("image_size", args.image_size),
+                                       ("seed", args.seed)) if v is not None})
+        kept.setdefault("num_classes", getattr(model, "num_classes", None) or 4)
+        data = SyntheticDataModule(**kept, batch_size=args.batch_size, num_workers=args.num_workers)
     else:
         extra = {"seg_split": args.split} if args.split else {}
         data = VOCDataModule(args.data, image_size=args.image_size or 227, batch_size=args.batch_size,
@@ -258,7 +269,8 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         "teacher_source": teacher_from,
         "data": {"root": args.data if args.data == "synthetic" else str(Path(args.data).resolve()),
                  "split": args.split or ("test" if args.data == "synthetic" else "val"),
-                 "image_size": args.image_size or (64 if args.data == "synthetic" else 227), "seed": args.seed},
+                 "image_size": data.image_size, "seed": getattr(data, "seed", None),
+                 "num_test": len(data.localization_dataset)},
         "command": ["attrpreserve", "evaluate", *argv],
     }
     logger = None
