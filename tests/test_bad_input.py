@@ -101,10 +101,12 @@ def test_bad_input_fails_early_with_a_clear_message(case, tmp_path):
     assert not isinstance(info.value, (KeyError, IndexError))
 
 
-def test_mask_of_a_different_size_is_resized_not_rejected(tmp_path):
-    dm = _voc(tmp_path, mask_scale={0: 2})
-    item = dm.localization_dataset[0]
-    assert item["mask"].shape == item["image"].shape[-2:]
+def test_mask_of_a_different_size_is_rejected_naming_both_files(tmp_path):
+    # A mask whose size differs from its image is a wrong pair (real VOC masks always match):
+    # scoring it after a resize would give a wrong number silently.
+    dm = _voc(tmp_path, mask_scale={5: 2})  # image 5 is the first of Segmentation/val
+    with pytest.raises(ValueError, match=r"SegmentationClass.*\.png.*JPEGImages.*\.jpg|JPEGImages.*SegmentationClass"):
+        dm.localization_dataset[0]
 
 
 def test_evaluation_of_a_model_predicting_nothing_warns_and_returns_nan():
