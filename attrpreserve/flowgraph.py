@@ -34,6 +34,8 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from attrpreserve.pruning.masks import effective_tensor
+
 POSITIVE, NEGATIVE, ZERO = "green", "red", "grey"
 _SUPPORTED = (nn.Linear, nn.ReLU, nn.Flatten, nn.Identity)
 
@@ -50,9 +52,7 @@ def effective_weight(module: nn.Linear) -> Tensor:
         >>> bool(effective_weight(layer)[0, 1] == 0)
         True
     """
-    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-        return (module.weight_orig * module.weight_mask).detach()
-    return module.weight.detach()
+    return effective_tensor(module, "weight")
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

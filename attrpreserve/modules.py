@@ -311,7 +311,7 @@ class TeacherModule(_ClassifierModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         # A pruned network (masks, removed channels) gets its structure back before the weights.
-        from attrpreserve.surgery import restore_structure
+        from attrpreserve.pruning.surgery import restore_structure
 
         restore_structure(self.model, checkpoint["state_dict"], prefix="model.")
 
@@ -457,7 +457,7 @@ class DistillationModule(_ClassifierModule):
         super().on_load_checkpoint(checkpoint)
         # Runs before the weights load: give the student the checkpoint's structure (pruning
         # masks as weight_orig/weight_mask, physically removed channels) so the keys fit.
-        from attrpreserve.surgery import restore_structure
+        from attrpreserve.pruning.surgery import restore_structure
 
         restore_structure(self.student, checkpoint["state_dict"], prefix="student.")
         sources = checkpoint.get("hyper_parameters", {}).get("weights_sources") or {}

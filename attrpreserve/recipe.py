@@ -124,7 +124,7 @@ def recipe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list
 
 def network_summary(model: nn.Module) -> dict[str, Any]:
     """Architecture spec (when we built it), parameter count and convolution sparsity."""
-    from attrpreserve.complexity import count_parameters, sparsity
+    from attrpreserve.pruning.complexity import count_parameters, sparsity
     from attrpreserve.models import model_spec
 
     summary: dict[str, Any] = {"class": type(model).__name__, "spec": plain(model_spec(model)),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from attrpreserve.shapley import model_link_importance, prune_by_importance, unit_importance
+from attrpreserve.pruning.shapley import model_link_importance, prune_by_importance, unit_importance
 
 LEVELS = (1.0, 0.99, 0.98, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6)
 

@@ -2,6 +2,7 @@
 
 import logging
 import math
+import re
 
 import pytest
 import pytorch_lightning as pl
@@ -12,10 +13,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from attrpreserve.callbacks import AttributionMatching
 from attrpreserve.callbacks.pruning import StructuredPruning, UnstructuredPruning
-from attrpreserve.complexity import count_flops, count_parameters, effective_tensor, sparsity
 from attrpreserve.models import vgg_small
-from attrpreserve.modules import DistillationModule
-from attrpreserve.surgery import conv_layers
+from attrpreserve.modules import DistillationModule, TeacherModule
+from attrpreserve.pruning import (
+    batch_images, conv_layers, count_flops, count_parameters, effective_tensor, pruned_network, sparsity,
+)
 
 
 class Blobs(Dataset):
@@ -399,3 +401,175 @@ def test_setup_error_for_a_module_without_a_network():
 
     with pytest.raises(ValueError, match="student"):
         UnstructuredPruning().setup(_trainer([], 1), Empty(), "fit")
+
+
+# -- schedules and saved settings --------------------------------------------------------------
+
+
+def test_callable_amount_is_a_schedule_of_the_epoch():
+    schedule = {0: 0.5, 1: 0.0, 2: 0.25}  # round 2 prunes nothing
+    module, probe = _module(), Probe()
+    pruning = UnstructuredPruning(amount=schedule.get, every_n_epochs=1, rounds=3, verbose=False)
+    assert pruning.amounts == [0.5, 0.0, 0.25]
+    _trainer([pruning, probe], max_epochs=3, limit_train_batches=1).fit(module, _loader())
+    total = sum(layer.weight_mask.numel() for _, layer in conv_layers(module.student))
+    kept = 1.0
+    for epoch in range(3):
+        kept *= 1 - schedule[epoch]
+        zeros = sum(int((v == 0).sum()) for k, v in probe.states[epoch].items() if k.endswith("weight_mask"))
+        assert zeros == math.floor(total * (1 - kept) + 0.5), epoch  # 1 - 0.5, 1 - 0.5, 1 - 0.5 * 0.75
+    assert torch.equal(probe.states[1]["features.0.weight_mask"], probe.states[0]["features.0.weight_mask"])
+    assert pruning.rounds_done == 3 and pruning.target_sparsity(3) == pytest.approx(0.625)
+    # A constant schedule prunes exactly as the float.
+    assert UnstructuredPruning(amount=lambda e: 0.2, rounds=16).target_sparsity(16) == pytest.approx(1 - 0.8**16)
+
+
+@pytest.mark.parametrize(
+    "amount, match",
+    [
+        (lambda epoch: 1.0, r"amount\(0\) returned 1.0"),
+        (lambda epoch: -0.1 if epoch == 30 else 0.2, r"amount\(30\) returned -0.1"),
+        (lambda epoch: "0.2", r"amount\(0\) returned '0.2'"),
+        (lambda epoch: True, r"amount\(0\) returned True"),
+        (lambda epoch: 0.0, "returns 0 at every round epoch"),
+    ],
+)
+def test_callable_amount_is_checked_at_construction(amount, match):
+    with pytest.raises(ValueError, match=f"`amount`.*{match}"):
+        UnstructuredPruning(amount=amount, rounds=2)
+
+
+def _same_name_schedule(value):
+    return lambda epoch: value  # every schedule made here has the same __qualname__
+
+
+def test_load_state_dict_compares_the_saved_settings():
+    with pytest.raises(ValueError, match=r"UnstructuredPruning.amount: 0.3 -> 0.2") as err:
+        UnstructuredPruning(amount=0.2).load_state_dict(UnstructuredPruning(amount=0.3).state_dict())
+    assert "UnstructuredPruning.amounts" in str(err.value)  # the per-round values too
+    with pytest.raises(ValueError, match=r"UnstructuredPruning.rounds: 4 -> 16"):
+        UnstructuredPruning().load_state_dict({"rounds": 4, "rounds_done": 2})
+    old, new = UnstructuredPruning(amount=_same_name_schedule(0.3)), UnstructuredPruning(amount=_same_name_schedule(0.2))
+    assert old.state_key == new.state_key  # a schedule goes by its name, as in the training recipe
+    with pytest.raises(ValueError, match=r"UnstructuredPruning.amounts: \[0.3, .*\] -> \[0.2, "):
+        new.load_state_dict(old.state_dict())
+    with pytest.raises(ValueError, match=r"StructuredPruning.rates: \[0.5, 0.0\] -> 0.3"):
+        StructuredPruning(rates=0.3).load_state_dict({"rates": [0.5, 0.0], "done": True})
+    same = UnstructuredPruning(amount=0.3, rounds=4)
+    same.load_state_dict({**UnstructuredPruning(amount=0.3, rounds=4).state_dict(), "rounds_done": 3})
+    assert same.rounds_done == 3
+
+
+@pytest.mark.parametrize(
+    "saved, resumed, match",
+    [  # a changed float changes state_key: the module's recipe check speaks, not the callback
+        (0.2, 0.3, r"callbacks differ .*UnstructuredPruning.amount: 0.2 -> 0.3"),
+        # a schedule with the same name but other values: the recipe cannot see it, the callback does
+        (_same_name_schedule(0.2), _same_name_schedule(0.3), r"state differs: UnstructuredPruning.amounts: "),
+    ],
+)
+def test_a_changed_amount_on_resume_gives_one_error(tmp_path, saved, resumed, match):
+    module = _module()
+    trainer = _trainer([UnstructuredPruning(amount=saved, every_n_epochs=1, rounds=2, verbose=False)], max_epochs=1,
+                       limit_train_batches=1)
+    trainer.fit(module, _loader())
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    pruning = UnstructuredPruning(amount=resumed, every_n_epochs=1, rounds=2, verbose=False)
+    with pytest.raises(ValueError, match=match) as err:
+        _trainer([pruning], max_epochs=2, limit_train_batches=1).fit(_module(), _loader(),
+                                                                     ckpt_path=tmp_path / "last.ckpt")
+    assert ("state differs" in str(err.value)) != ("callbacks differ" in str(err.value))
+
+
+# -- the pruning package: one resolver, one batch helper, the old import paths ---------------
+
+
+def test_pruned_network_is_the_student_else_the_model_else_the_module_never_the_teacher():
+    distill = _module()
+    assert pruned_network(distill) is distill.student
+    teacher = TeacherModule(vgg_small(num_classes=3, width_divisor=8))
+    assert pruned_network(teacher) is teacher.model
+    plain = nn.Sequential(nn.Linear(2, 1))
+    assert pruned_network(plain) is plain
+
+    class OnlyTeacher(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.teacher = nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="only a `teacher`"):
+        pruned_network(OnlyTeacher())
+    for callback in (UnstructuredPruning(), StructuredPruning(rates=0.3)):
+        with pytest.raises(ValueError, match="only a `teacher`"):
+            callback.setup(_trainer([], 1), OnlyTeacher(), "fit")
+
+
+def test_batch_images_of_every_batch_form():
+    x = torch.randn(4, 3, 8, 8)
+    for batch in (x, {"image": x, "labels": torch.ones(4)}, (x, torch.ones(4)), [x]):
+        assert batch_images(batch) is x
+    for bad in ({"labels": x}, (), ("x", x), None):
+        with pytest.raises(ValueError, match="dict with key 'image'"):
+            batch_images(bad)
+
+
+def test_unstructured_pruning_reads_the_input_size_from_tuple_batches():
+    module = _module()
+    images = torch.stack([Blobs()[i]["image"] for i in range(8)])
+    tuples = DataLoader(list(zip(images, torch.zeros(8))), batch_size=4)
+    module.training_step = lambda batch, batch_idx: module.student(batch[0]).sum()
+    pruning = UnstructuredPruning(amount=0.5, every_n_epochs=1, rounds=1, verbose=False)
+    _trainer([pruning], max_epochs=1, limit_train_batches=1).fit(module, tuples)
+    assert pruning.input_size == (1, 3, 32, 32)
+
+
+# old module -> (new module named in the warning, {old name: name in attrpreserve.pruning / callbacks})
+OLD_PATHS = {
+    "attrpreserve.surgery": ("attrpreserve.pruning.surgery", {"restore_structure": "restore_structure",
+                                                              "fold_masks": "fold_masks", "conv_layers": "conv_layers"}),
+    "attrpreserve.complexity": ("attrpreserve.pruning.complexity", {"count_flops": "count_flops",
+                                                                    "prunable_layers": "prunable_layers",
+                                                                    "effective_tensor": "effective_tensor"}),
+    "attrpreserve.shapley": ("attrpreserve.pruning.shapley", {"shapley_prune": "shapley_prune",
+                                                              "prunable_layers": "shapley_layers",
+                                                              "batch_inputs": "batch_images"}),
+    "attrpreserve.callbacks.shapley": ("attrpreserve.callbacks.shapley_pruning", {"ShapleyPruning": "ShapleyPruning"}),
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_PATHS))
+def test_old_modules_warn_once_and_reexport_the_new_objects(old):
+    import importlib
+    import sys
+    import warnings
+
+    import attrpreserve.callbacks
+    import attrpreserve.pruning
+
+    new, names = OLD_PATHS[old]
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)} is deprecated: import .*{re.escape(new)}"):
+        shim = importlib.import_module(old)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert importlib.import_module(old) is shim  # once: a second import is silent
+    for old_name, new_name in names.items():
+        home = attrpreserve.callbacks if new_name == "ShapleyPruning" else attrpreserve.pruning
+        assert getattr(shim, old_name) is getattr(home, new_name), old_name
+
+
+def test_pruning_package_imports_no_lightning():
+    import ast
+    from pathlib import Path
+
+    import attrpreserve.pruning
+
+    for path in Path(attrpreserve.pruning.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.split(".")[0] in ("lightning", "pytorch_lightning"), (path.name, name)
+                assert not name.startswith(("attrpreserve.callbacks", "attrpreserve.modules")), (path.name, name)
+    masks = Path(attrpreserve.pruning.__file__).parent / "masks.py"  # what attrpreserve.models imports
+    assert "from attrpreserve" not in masks.read_text() and "import attrpreserve" not in masks.read_text()

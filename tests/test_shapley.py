@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.data import DataLoader, Dataset
 
-from attrpreserve.callbacks.shapley import ShapleyPruning
-from attrpreserve.shapley import (
+from attrpreserve.callbacks import ShapleyPruning
+from attrpreserve.pruning.shapley import (
     importance_mask,
     link_importance,
     link_shapley,
@@ -374,3 +374,18 @@ def test_callback_unknown_layer_fails_at_setup_listing_valid_names(tmp_path):
     callback = ShapleyPruning(importance_level=0.5, layers=["1"])
     with pytest.raises(ValueError, match=r"\['0', '2'\]"):
         _trainer(tmp_path, callback, 1, enable_checkpointing=False).fit(_Distill())
+
+
+def test_callback_prunes_the_same_network_as_the_other_pruning_callbacks(tmp_path):
+    from attrpreserve.pruning import pruned_network
+
+    class _Model(pl.LightningModule):  # a TeacherModule-like module: the network is `model`
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+
+    module, callback = _Model(), ShapleyPruning(importance_level=0.5)
+    callback.setup(_trainer(tmp_path, callback, 1), module, "fit")
+    assert pruned_network(module) is module.model and callback._names == ["0", "2"]  # named inside `model`
+    with pytest.raises(ValueError, match="ShapleyPruning.importance_level: 0.7 -> 0.5"):
+        callback.load_state_dict(ShapleyPruning(importance_level=0.7).state_dict())

@@ -5,12 +5,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from attrpreserve.complexity import count_flops, count_parameters, effective_tensor, sparsity
 from attrpreserve.models import vgg16, vgg_small
-from attrpreserve.surgery import (
-    channels_to_remove, conv_layers, export_pruned, folded_state_dict, is_masked, make_permanent, remove_channels,
-    restore_structure,
-)
+from attrpreserve.pruning.complexity import count_flops, count_parameters, sparsity
+from attrpreserve.pruning.masks import effective_tensor, folded_state_dict, is_masked, make_permanent
+from attrpreserve.pruning.surgery import channels_to_remove, conv_layers, export_pruned, remove_channels, restore_structure
 
 
 def _tiny() -> nn.Sequential:

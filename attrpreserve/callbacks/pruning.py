@@ -1,14 +1,14 @@
 """Pruning callbacks: iterative magnitude pruning with masks, and one-shot filter removal.
 
-Both act on the student only (``pl_module.student``, or ``pl_module.model`` for a
-TeacherModule), never on a teacher, at the start of an epoch (on its first training batch,
+Both act on the student only (:func:`attrpreserve.pruning.pruned_network`: ``pl_module.student``,
+or ``pl_module.model`` for a TeacherModule), never on a teacher, at the start of an epoch (on its first training batch,
 before its first optimiser step, so the batch gives the training input size), then rebuild the
 optimiser from the module's ``configure_optimizers`` so the fine-tune starts fresh (the paper:
 new SGD at lr 1e-3 after every round).
 
 Unlike Lightning's ``ModelPruning`` they keep what a resume needs: the masks stay in the
 module's state dict as ``weight_orig``/``weight_mask``, removed channels show in its tensor
-shapes, and :func:`attrpreserve.surgery.restore_structure` (called by
+shapes, and :func:`attrpreserve.pruning.restore_structure` (called by
 ``DistillationModule.on_load_checkpoint``) rebuilds both before the weights load; the schedule
 position, the rewind snapshot and the resulting channel counts are callback state.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -28,12 +28,11 @@ from torch import Tensor, nn
 from torch.nn.utils import prune
 from typing_extensions import override
 
-from attrpreserve.complexity import (
-    PARAMETER_SETS, check_input_size, count_flops, count_parameters, effective_tensor, prunable_layers,
-)
-from attrpreserve.surgery import (
-    IMPORTANCES, check_rates, conv_layers, is_masked, plan_removal, pruned_tensor_names, remove_channels,
-)
+from attrpreserve.pruning.complexity import check_input_size, count_flops, count_parameters
+from attrpreserve.pruning.masks import effective_tensor, is_masked, pruned_tensor_names
+from attrpreserve.pruning.surgery import IMPORTANCES, check_rates, conv_layers, plan_removal, remove_channels
+from attrpreserve.pruning.targets import PARAMETER_SETS, batch_images, prunable_layers, pruned_network
+from attrpreserve.recipe import plain
 
 log = logging.getLogger(__name__)
 
@@ -49,39 +48,40 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def student_of(pl_module: pl.LightningModule) -> nn.Module:
-    """The network pruning acts on: ``pl_module.student`` if present, else ``pl_module.model``.
+student_of = pruned_network  # the name this module used before attrpreserve.pruning existed
+
+
+def _input_size(batch: Any) -> tuple[int, ...] | None:
+    # One sample's input size, from the batch's images (None: no image tensor in the batch).
+    try:
+        images = batch_images(batch)
+    except ValueError:
+        return None
+    return (1, *images.shape[1:]) if images.dim() >= 2 else None
+
+
+def check_saved_settings(callback: Callback, state: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise if a setting saved in ``callback``'s checkpoint state differs from the one it was built with.
+
+    Keys missing from ``state`` (older checkpoints) are skipped. The lines read as those of
+    :func:`attrpreserve.recipe.recipe_changes` (``Name.key: saved -> current``).
 
     Raises:
-        ValueError: the module has neither.
+        ValueError: naming each differing setting with its saved and its current value.
 
     Example:
-        >>> from attrpreserve.modules import TeacherModule
-        >>> from attrpreserve.models import vgg_small
-        >>> type(student_of(TeacherModule(vgg_small()))).__name__
-        'VGG'
+        >>> check_saved_settings(Callback(), {"rounds": 16}, {"rounds": 4})
+        Traceback (most recent call last):
+        ...
+        ValueError: The checkpoint's Callback state differs: Callback.rounds: 16 -> 4. Resume with the same settings.
     """
-    for attr in ("student", "model"):
-        net = getattr(pl_module, attr, None)
-        if isinstance(net, nn.Module):
-            return net
-    raise ValueError(
-        f"Expected the LightningModule to hold the network to prune as `student` (DistillationModule) or `model` "
-        f"(TeacherModule), but {type(pl_module).__name__} has neither."
-    )
-
-
-def _image_size(batch: Any) -> tuple[int, ...] | None:
-    # Input size of one sample: batch["image"], a tensor batch, or the first element of a tuple.
-    if isinstance(batch, Tensor):
-        return (1, *batch.shape[1:]) if batch.dim() >= 2 else None
-    if isinstance(batch, dict):
-        if "image" in batch:
-            return _image_size(batch["image"])
-        return next((s for s in map(_image_size, batch.values()) if s is not None), None)
-    if isinstance(batch, (list, tuple)) and batch:
-        return _image_size(batch[0])
-    return None
+    name = type(callback).__name__
+    changed = [f"{name}.{key}: {state[key]} -> {value}" for key, value in current.items()
+               if key in state and state[key] != value]
+    if changed:
+        raise ValueError(
+            f"The checkpoint's {name} state differs: {'; '.join(changed)}. Resume with the same settings."
+        )
 
 
 class _PruningCallback(Callback):
@@ -107,7 +107,7 @@ class _PruningCallback(Callback):
             return False
         self._seen_epoch = trainer.current_epoch
         if self.input_size is None:
-            size = _image_size(batch)
+            size = _input_size(batch)
             if size is None:
                 rank_zero_warn(
                     f"{type(self).__name__} found no image tensor in the batch: pass `input_size` to log prune/flops."
@@ -135,7 +135,8 @@ class UnstructuredPruning(_PruningCallback):
     Round ``r`` (1, 2, ..., ``rounds``) runs at the start of epoch
     ``start_epoch + (r - 1) * every_n_epochs`` and brings the pruned tensors to sparsity
     exactly ``1 - (1 - amount) ** r`` (``amount`` is the fraction of the *remaining* weights;
-    16 rounds of 0.2 give 97.19 %): the number of zeros is ``round(N * target)`` over the ``N``
+    16 rounds of 0.2 give 97.19 %; with a schedule ``amount(epoch)``, ``1 - prod (1 - a_i)`` over
+    the amounts of rounds 1..r, and a round whose amount is 0 prunes nothing): the number of zeros is ``round(N * target)`` over the ``N``
     pruned weights (of all layers for ``scope="global"``, of each layer for ``"layer"``), so
     rounding never accumulates. The smallest-magnitude surviving weights are masked;
     ``torch.nn.utils.prune`` holds the masks (``weight = weight_orig * weight_mask`` before
@@ -149,12 +150,15 @@ class UnstructuredPruning(_PruningCallback):
     the training input size) after each round.
 
     Module contract: the LightningModule holds the network as ``student`` (or ``model``) and,
-    to resume a checkpoint, calls :func:`attrpreserve.surgery.restore_structure` in
+    to resume a checkpoint, calls :func:`attrpreserve.pruning.restore_structure` in
     ``on_load_checkpoint`` (``DistillationModule`` does). Override :meth:`filter_layers` to prune
     other layers than ``parameters`` selects.
 
     Args:
-        amount: fraction of the remaining weights pruned per round, in (0, 1) (paper: 0.2).
+        amount: fraction of the remaining weights pruned per round, in (0, 1) (paper: 0.2), or
+            a function of the epoch returning that fraction in [0, 1) (as Lightning's
+            ``ModelPruning``), called once per round epoch at construction: a pure function of
+            the epoch, so a resume repeats the schedule.
         every_n_epochs: epochs between rounds, >= 1 (paper: 30 fine-tune epochs per round).
         rounds: number of rounds, >= 1 (paper: 16).
         scope: ``"global"`` (one magnitude threshold over all pruned tensors, the paper) or
@@ -170,19 +174,24 @@ class UnstructuredPruning(_PruningCallback):
         verbose: log each round (``logging``, rank zero).
 
     Raises:
-        ValueError: a bad argument (at construction); no conv (or linear) layer in the student
-            (at ``setup``).
+        ValueError: a bad argument (at construction; a schedule that returns something other
+            than a fraction in [0, 1), or 0 at every round); no conv (or linear) layer in the
+            student (at ``setup``); a checkpoint state saved with another ``amount`` schedule or
+            ``rounds`` (at resume, see :meth:`load_state_dict`).
 
     Example:
         >>> round(UnstructuredPruning(amount=0.2, rounds=16).target_sparsity(16), 6)
         0.971853
+        >>> schedule = UnstructuredPruning(amount=lambda epoch: 0.5 if epoch == 0 else 0.2, every_n_epochs=2, rounds=3)
+        >>> schedule.amounts, round(schedule.target_sparsity(3), 6)
+        ([0.5, 0.2, 0.2], 0.68)
         >>> UnstructuredPruning(amount=0.2, every_n_epochs=30, rounds=3, start_epoch=1).round_epochs
         [1, 31, 61]
     """
 
     def __init__(
         self,
-        amount: float = 0.2,
+        amount: float | Callable[[int], float] = 0.2,
         every_n_epochs: int = 30,
         rounds: int = 16,
         scope: str = "global",
@@ -193,8 +202,12 @@ class UnstructuredPruning(_PruningCallback):
         input_size: Sequence[int] | None = None,
         verbose: bool = True,
     ) -> None:
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 < amount < 1.0:
-            raise ValueError(f"Expected argument `amount` to be a fraction in (0, 1), but got {amount!r}.")
+        if not callable(amount) and (
+            isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 < amount < 1.0
+        ):
+            raise ValueError(
+                f"Expected argument `amount` to be a fraction in (0, 1) or a callable of the epoch, but got {amount!r}."
+            )
         if not _is_int(every_n_epochs) or every_n_epochs < 1:
             raise ValueError(f"Expected argument `every_n_epochs` to be an int >= 1, but got {every_n_epochs!r}.")
         if not _is_int(rounds) or rounds < 1:
@@ -217,9 +230,11 @@ class UnstructuredPruning(_PruningCallback):
         if not isinstance(reset_optimizer, bool):
             raise ValueError(f"Expected argument `reset_optimizer` to be a bool, but got {reset_optimizer!r}.")
         super().__init__(input_size, verbose)
-        self.amount, self.every_n_epochs, self.rounds = float(amount), every_n_epochs, rounds
+        self.amount = amount if callable(amount) else float(amount)
+        self.every_n_epochs, self.rounds = every_n_epochs, rounds
         self.scope, self.parameters, self.rewind = scope, parameters, rewind
         self.start_epoch, self.reset_optimizer = start_epoch, reset_optimizer
+        self.amounts = self._round_amounts()
         self.rounds_done = 0
         self.rewind_snapshot: dict[str, Tensor] | None = None
         self._layers: list[tuple[str, nn.Module]] = []
@@ -227,8 +242,9 @@ class UnstructuredPruning(_PruningCallback):
     @property
     @override
     def state_key(self) -> str:
+        # A schedule goes by its name, as in the training recipe; its values are checked on load.
         return self._generate_state_key(
-            amount=self.amount, every_n_epochs=self.every_n_epochs, rounds=self.rounds, scope=self.scope,
+            amount=plain(self.amount), every_n_epochs=self.every_n_epochs, rounds=self.rounds, scope=self.scope,
             parameters=self.parameters, start_epoch=self.start_epoch,
         )
 
@@ -237,9 +253,32 @@ class UnstructuredPruning(_PruningCallback):
         """Epochs at whose start the rounds run."""
         return [self.start_epoch + i * self.every_n_epochs for i in range(self.rounds)]
 
+    def _round_amounts(self) -> list[float]:
+        # The amount of every round, checked once: a schedule is a pure function of the epoch.
+        if not callable(self.amount):
+            return [self.amount] * self.rounds
+        amounts = []
+        for epoch in self.round_epochs:
+            value = self.amount(epoch)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(
+                    f"Expected argument `amount` to return a fraction in [0, 1) at every round epoch "
+                    f"{self.round_epochs}, but amount({epoch}) returned {value!r}."
+                )
+            amounts.append(float(value))
+        if not any(amounts):
+            raise ValueError(
+                f"Expected argument `amount` to prune in some round, but it returns 0 at every round epoch "
+                f"{self.round_epochs}."
+            )
+        return amounts
+
     def target_sparsity(self, rounds_done: int) -> float:
-        """Sparsity of the pruned tensors after ``rounds_done`` rounds: ``1 - (1 - amount) ** rounds_done``."""
-        return 1.0 - (1.0 - self.amount) ** rounds_done
+        """Sparsity of the pruned tensors after ``rounds_done`` rounds: ``1 - (1 - amount) ** rounds_done``
+        (``1 - prod (1 - a_i)`` over the first ``rounds_done`` amounts of a schedule)."""
+        if not callable(self.amount):
+            return 1.0 - (1.0 - self.amount) ** rounds_done
+        return 1.0 - math.prod(1.0 - a for a in self.amounts[:rounds_done])
 
     def filter_layers(self, student: nn.Module) -> list[tuple[str, nn.Module]]:
         """The ``(name, layer)`` whose ``weight`` is pruned; override to choose other layers."""
@@ -249,7 +288,7 @@ class UnstructuredPruning(_PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        student = student_of(pl_module)
+        student = pruned_network(pl_module)
         self._layers = self.filter_layers(student)
         if not self._layers:
             raise ValueError(
@@ -264,7 +303,7 @@ class UnstructuredPruning(_PruningCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
         if self.rewind == "init" and self.rewind_snapshot is None:
-            self.rewind_snapshot = self._snapshot(student_of(pl_module))
+            self.rewind_snapshot = self._snapshot(pruned_network(pl_module))
 
     @override
     def on_train_batch_start(
@@ -272,7 +311,7 @@ class UnstructuredPruning(_PruningCallback):
     ) -> None:
         if not self._first_batch_of_epoch(trainer, batch):
             return
-        epoch, student = trainer.current_epoch, student_of(pl_module)
+        epoch, student = trainer.current_epoch, pruned_network(pl_module)
         if self.rewind == epoch and self.rewind_snapshot is None:
             self.rewind_snapshot = self._snapshot(student)
         # The schedule is a function of the epoch: round i runs at start_epoch + i * every_n_epochs.
@@ -281,6 +320,9 @@ class UnstructuredPruning(_PruningCallback):
             return
         round_index = offset // self.every_n_epochs + 1
         if round_index > self.rounds or round_index <= self.rounds_done:
+            return
+        if self.amounts[round_index - 1] == 0:  # the schedule skips this round
+            self.rounds_done = round_index
             return
         relayout = self._ensure_masks()
         self._prune_to(self.target_sparsity(round_index))
@@ -364,12 +406,25 @@ class UnstructuredPruning(_PruningCallback):
             "rounds_done": self.rounds_done,
             "rewind_snapshot": self.rewind_snapshot,
             "input_size": self.input_size,
-            "amount": self.amount,
+            "amount": plain(self.amount),
+            "amounts": list(self.amounts),
             "rounds": self.rounds,
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the schedule position, rewind snapshot and input size.
+
+        Raises:
+            ValueError: the state was saved with another ``amount`` (or schedule values) or
+                ``rounds``. Under a Trainer a changed float ``amount``, ``rounds`` or schedule
+                name changes :attr:`state_key`, so the state does not reach here and the module's
+                recipe check reports the change; a schedule that kept its name but changed its
+                values is caught here.
+        """
+        check_saved_settings(
+            self, state_dict, {"amount": plain(self.amount), "amounts": self.amounts, "rounds": self.rounds}
+        )
         self.rounds_done = int(state_dict.get("rounds_done", 0))
         self.rewind_snapshot = state_dict.get("rewind_snapshot", self.rewind_snapshot)
         size = state_dict.get("input_size")
@@ -383,13 +438,13 @@ class StructuredPruning(_PruningCallback):
     At the start of epoch ``at_epoch`` each conv layer loses ``round(rate * channels)``
     filters, ranked by the L1 norm of their weights, together with the coupled BatchNorm
     channels, the next conv's input channels and the first linear layer's input columns of
-    those channels (see :func:`attrpreserve.surgery.remove_channels`); then the optimiser and
+    those channels (see :func:`attrpreserve.pruning.remove_channels`); then the optimiser and
     scheduler are rebuilt from ``configure_optimizers`` (the parameters are new tensors).
     Logs ``prune/sparsity`` (fraction of the unpruned student's conv weights removed),
     ``prune/params`` and ``prune/flops`` (MACs at the training input size).
 
     Single-process only: DDP wraps the parameters once, so under several processes run
-    :func:`~attrpreserve.surgery.remove_channels` on the student before ``fit`` instead.
+    :func:`~attrpreserve.pruning.remove_channels` on the student before ``fit`` instead.
 
     Module contract: as :class:`UnstructuredPruning` (``student`` or ``model``, and
     ``restore_structure`` in ``on_load_checkpoint`` so a checkpoint reloads with the removed
@@ -443,17 +498,17 @@ class StructuredPruning(_PruningCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        student = student_of(pl_module)
+        student = pruned_network(pl_module)
         if trainer.world_size > 1:
             raise ValueError(
                 f"StructuredPruning removes channels during fit, which a {trainer.world_size}-process run cannot "
                 "follow (DDP wraps the parameters once). Remove them before fit with "
-                "attrpreserve.surgery.remove_channels(student, rates, example_input=...)."
+                "attrpreserve.pruning.remove_channels(student, rates, example_input=...)."
             )
         if is_masked(student):
             raise ValueError(
                 "StructuredPruning needs a student without pruning masks (weight_orig/weight_mask); fold them first "
-                "with attrpreserve.surgery.make_permanent."
+                "with attrpreserve.pruning.make_permanent."
             )
         if not self.done:  # checked against the network it will prune (state loads after setup)
             plan_removal(student, self.rates, "rates")
@@ -464,12 +519,12 @@ class StructuredPruning(_PruningCallback):
         super().on_fit_start(trainer, pl_module)
         if not self.done:
             return
-        student = student_of(pl_module)
+        student = pruned_network(pl_module)
         found = {name: conv.out_channels for name, conv in conv_layers(student)}
         if found != self.channels:
             raise ValueError(
                 f"The checkpoint's StructuredPruning removed channels (conv out_channels {self.channels}), but the "
-                f"student has {found}: its module must call attrpreserve.surgery.restore_structure in "
+                f"student has {found}: its module must call attrpreserve.pruning.restore_structure in "
                 "on_load_checkpoint (DistillationModule does) so the pruned architecture is rebuilt."
             )
 
@@ -479,7 +534,7 @@ class StructuredPruning(_PruningCallback):
     ) -> None:
         if not self._first_batch_of_epoch(trainer, batch) or self.done or trainer.current_epoch < self.at_epoch:
             return
-        student = student_of(pl_module)
+        student = pruned_network(pl_module)
         if self.input_size is None:
             raise ValueError(
                 "StructuredPruning needs an example input to trace the student: the batch holds no image tensor, "
@@ -515,6 +570,13 @@ class StructuredPruning(_PruningCallback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what the surgery did (channels, removed filters) and the input size.
+
+        Raises:
+            ValueError: the state was saved with other ``rates`` (under a Trainer the rates are
+                part of :attr:`state_key`: a changed one is reported by the module's recipe check).
+        """
+        check_saved_settings(self, state_dict, {"rates": self.rates})
         self.done = bool(state_dict.get("done", False))
         self.channels = dict(state_dict.get("channels", {}))
         self.removed = {k: list(v) for k, v in state_dict.get("removed", {}).items()}

@@ -55,7 +55,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "or a Lightning checkpoint with a 'state_dict'."
         )
     if any(k.endswith("_orig") for k in obj):
-        from attrpreserve.surgery import fold_masks
+        from attrpreserve.pruning.masks import fold_masks
 
         obj = fold_masks(obj)  # unstructured-pruning masks made permanent
     return obj
