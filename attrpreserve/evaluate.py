@@ -75,7 +75,10 @@ from attrpreserve.attribution.methods import attribute, check_method, eval_scope
 from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
 from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
 from attrpreserve.evaluation.records import PairRecords
-from attrpreserve.evaluation.rows import RowMetrics, compute_quietly, records_of
+from attrpreserve.evaluation.faithfulness import faithfulness_aucs
+from attrpreserve.evaluation.rows import (
+    RowMetrics, compute_quietly, faithfulness_metrics, faithfulness_values, records_of,
+)
 from attrpreserve.metrics import classification_metrics
 
 IGNORE_INDEX = 255
@@ -104,7 +107,7 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 METHOD_FIELDS = ("auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped")
-EXTRA_FIELDS = ("energy", "point_acc_difficult", "num_pairs_difficult")
+EXTRA_FIELDS = ("energy", "point_acc_difficult", "num_pairs_difficult", "deletion", "insertion")
 CI_FIELDS = ("point_acc_ci", "auc_ci")
 CSV_FIELDS = ("method", "map", "map_image", "f1", "auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped",
               "num_images", "protocol", "row", *EXTRA_FIELDS, "point_acc_ci_low", "point_acc_ci_high", "auc_ci_low",
@@ -130,6 +133,8 @@ def evaluate(
     bootstrap: int = 1000,
     seed: int = 0,
     class_names: Sequence[str] | None = None,
+    faithfulness: bool = False,
+    faithfulness_steps: int = 20,
 ) -> dict[str, Any]:
     """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
 
@@ -169,16 +174,24 @@ def evaluate(
         bootstrap: bootstrap resamples for ``point_acc_ci``/``auc_ci`` (0: no intervals, nan).
         seed: seed of the bootstrap resampling.
         class_names: K names for ``per_class`` (default: ``data.class_names`` where it exists).
+        faithfulness: also run deletion and insertion curves (:mod:`attrpreserve.evaluation.faithfulness`)
+            on every scored pair, for every row and for a random pixel order (seeded by ``seed``
+            and the batch): ``deletion``/``insertion`` AUCs per row and ``result["faithfulness"]``.
+            Costs ``2 * (faithfulness_steps + 1)`` forwards per pair and row.
+        faithfulness_steps: stages of the curves.
 
     Returns:
         ``{"metrics": {"map", "map_image", "f1", "num_images"}, "methods": {name: {"auc",
         "point_acc", "cos", "l2", "num_pairs", "num_skipped", "energy", "point_acc_difficult",
-        "num_pairs_difficult", "point_acc_ci", "auc_ci"}}, "baselines": {name: {...same}},
+        "num_pairs_difficult", "point_acc_ci", "auc_ci", "deletion", "insertion"}},
+        "baselines": {name: {...same}}, "faithfulness": {"steps", "baseline", "random": {"deletion",
+        "insertion"}} (with ``faithfulness=True``),
         "per_class": [{"method", "class", "name", "num_pairs", "point_acc", "auc", "energy"}],
         "protocol": {...}, "provenance": {...}}``: fractions in [0, 1], intervals as ``[low, high]``;
         ``cos``/``l2`` are nan without a teacher (and for baselines); ``point_acc_difficult`` is
-        nan outside ``"torchray"``; ``num_skipped`` counts the ground-truth pairs the protocol left
-        out (difficult-only classes included). When no pair is scored (e.g. the model predicts nothing
+        nan outside ``"torchray"``; ``deletion``/``insertion`` are nan without ``faithfulness``;
+        ``num_skipped`` counts the ground-truth pairs the protocol left out (difficult-only classes
+        included). When no pair is scored (e.g. the model predicts nothing
         positive under ``"paper"``) the localisation numbers are nan, ``num_pairs`` is 0 and a
         warning says why.
 
@@ -196,7 +209,7 @@ def evaluate(
         True
         >>> result = evaluate(vgg_small(num_classes=3, width_divisor=8), dm, protocol="torchray", progress=False)
         >>> sorted(result["methods"]["gradcam"])[:6], result["metrics"]["num_images"]
-        (['auc', 'auc_ci', 'cos', 'energy', 'l2', 'num_pairs'], 4)
+        (['auc', 'auc_ci', 'cos', 'deletion', 'energy', 'insertion'], 4)
         >>> list(result["baselines"]), len(result["per_class"])
         (['center'], 6)
     """
@@ -209,6 +222,12 @@ def evaluate(
         _check_arguments(model, names, protocol, teacher, count_void_as_background, None, progress,
                          teacher_method_kwargs)
     extra = _check_extras(baselines, bootstrap, seed, class_names, names)
+    for arg, value in (("faithfulness", faithfulness),):
+        if not isinstance(value, bool):
+            raise ValueError(f"Expected argument `{arg}` to be a bool, but got {value!r}.")
+    if isinstance(faithfulness_steps, bool) or not isinstance(faithfulness_steps, int) or faithfulness_steps < 1:
+        raise ValueError(f"Expected argument `faithfulness_steps` to be a positive int, but got "
+                         f"{faithfulness_steps!r}.")
     kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
     teacher_kwargs = {name: dict((teacher_method_kwargs or method_kwargs or {}).get(name, {})) for name in names}
     world, rank = _world()
@@ -226,8 +245,9 @@ def evaluate(
     device = _device(model)
     predictive = classification_metrics(num_classes).to(device)
     # maps come min-max normalised from `attribute` and targets are built here: no re-validation needed
-    rows = {n: RowMetrics(rules.tolerance, rules.average, num_classes, device, teacher is not None and n in names)
-            for n in [*names, *extra]}
+    rows = {n: RowMetrics(rules.tolerance, rules.average, num_classes, device, teacher is not None and n in names,
+                          faithfulness) for n in [*names, *extra]}
+    faith = _Faithfulness(faithfulness_steps, seed, device) if faithfulness else None
     pairs = PairRecords(("classes", "difficult")).to(device)
     counts = {"images": 0, "pairs": 0, "skipped": 0}
 
@@ -236,13 +256,16 @@ def evaluate(
             if index:
                 _check_batch(batch, index, num_classes)
             _score_batch(model, teacher, batch, names, extra, kwargs, teacher_kwargs, rules, count_void_as_background,
-                         device, predictive, rows, pairs, counts)
+                         device, predictive, rows, pairs, counts, faith, index * world + rank)
             advance()
 
     if world > 1:  # the metrics sync themselves at compute(); the counters are ours to sum
         counts = _sum_over_ranks(counts, device)
     result = _results(names, extra, protocol, rules, count_void_as_background, predictive, rows, pairs, counts,
                       bootstrap, seed)
+    if faith is not None:
+        result["faithfulness"] = {"steps": faithfulness_steps, "baseline": 0.0,
+                                  "random": faithfulness_values(faith.random)}
     result["per_class"] = _per_class(rows, pairs, num_classes, class_names or getattr(data, "class_names", None))
     result["provenance"] = {**_provenance(model, teacher, names, kwargs, teacher_kwargs, max_images, max_batches),
                             "baselines": list(extra), "bootstrap": {"resamples": bootstrap, "seed": seed,
@@ -276,7 +299,7 @@ def _score_batch(
     model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str], extra: list[str],
     kwargs: dict[str, dict[str, Any]], teacher_kwargs: dict[str, dict[str, Any]], rules: Protocol,
     count_void: bool, device: torch.device, predictive: Any, rows: dict[str, RowMetrics], pairs: PairRecords,
-    counts: dict[str, int],
+    counts: dict[str, int], faith: _Faithfulness | None = None, batch_index: int = 0,
 ) -> None:
     images = batch["image"].to(device)
     labels = batch["labels"].to(device)
@@ -321,6 +344,27 @@ def _score_batch(
                                      image_index=image_index.to(teacher_device), normalize=True,
                                      **teacher_kwargs[name])
         rows[name].update(maps, targets, classes, teacher_maps)
+        if faith is not None:
+            rows[name].update_faithfulness(faith.aucs(model, images[image_index], classes, maps))
+    if faith is not None:
+        faith.update_random(model, images[image_index], classes, batch_index)
+
+
+class _Faithfulness:
+    """Deletion/insertion settings and the random-order reference (synced means)."""
+
+    def __init__(self, steps: int, seed: int, device: torch.device) -> None:
+        self.steps, self.seed = steps, seed
+        self.random = faithfulness_metrics(device)
+
+    def aucs(self, model: nn.Module, images: Tensor, classes: Tensor, maps: Tensor,
+             generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        return faithfulness_aucs(model, images, classes, maps, self.steps, generator=generator)
+
+    def update_random(self, model: nn.Module, images: Tensor, classes: Tensor, batch_index: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index)
+        for mode, values in self.aucs(model, images, classes, images[:, 0], generator).items():
+            self.random[mode].update(values)
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -451,6 +495,13 @@ def _table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
             _cell(entry["cos"], 1, 3), _cell(entry["l2"], 1, 2), str(entry["num_pairs"]),
             _cell(entry.get("energy"), 100, 2), _interval(entry, "point_acc_ci"),
         ])
+    if "faithfulness" in result:  # deletion (lower is better) and insertion AUCs, random order last
+        header += ["deletion", "insertion"]
+        for row, (_, _, entry) in zip(rows, _rows(result)):
+            row += [_cell(entry.get("deletion"), 100, 2), _cell(entry.get("insertion"), 100, 2)]
+        random = result["faithfulness"]["random"]
+        rows.append(["random order", *["" for _ in header[1:-2]], _cell(random["deletion"], 100, 2),
+                     _cell(random["insertion"], 100, 2)])
     return header, rows
 
 
@@ -524,7 +575,7 @@ def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple
         >>> folder = tempfile.mkdtemp()
         >>> json_path, csv_path = save_results(result, folder)
         >>> json_path.name, csv_path.read_text().splitlines()[1]
-        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper,method,,,,,,,')
+        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper,method,,,,,,,,,')
         >>> math.isnan(load_results(folder)["methods"]["gradcam"]["cos"])
         True
     """
@@ -562,12 +613,15 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
         if key in result["metrics"] and result["metrics"][key] is None:
             result["metrics"][key] = nan
     for entry in [*result["methods"].values(), *result.get("baselines", {}).values()]:
-        for key in ("auc", "point_acc", "cos", "l2", "energy", "point_acc_difficult"):
+        for key in ("auc", "point_acc", "cos", "l2", "energy", "point_acc_difficult", "deletion", "insertion"):
             if key in entry and entry[key] is None:
                 entry[key] = nan
         for key in CI_FIELDS:
             if key in entry:
                 entry[key] = [nan if v is None else v for v in entry[key]]
+    random = result.get("faithfulness", {}).get("random", {})
+    for key in random:
+        random[key] = nan if random[key] is None else random[key]
     for row in result.get("per_class", []):
         for key in ("point_acc", "auc", "energy"):
             if row.get(key, 0) is None:
@@ -591,6 +645,11 @@ def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -
         data = [[name if kind == "method" else f"{name} (baseline)", metrics.get("map"), metrics.get("f1"),
                  entry["auc"], entry["point_acc"], entry["cos"], entry["l2"], entry["num_pairs"], entry.get("energy"),
                  _interval(entry, "point_acc_ci")] for name, kind, entry in _rows(result)]
+        if "faithfulness" in result:
+            random = result["faithfulness"]["random"]
+            data = [row + [entry.get("deletion"), entry.get("insertion")] for row, (_, _, entry)
+                    in zip(data, _rows(result))]
+            data.append(["random order", *[None] * (len(header) - 3), random["deletion"], random["insertion"]])
         logger.log_table(key=f"{key}/table", columns=header, data=[[_jsonable(v) for v in row] for row in data])
         return
     if not callable(getattr(logger, "log_metrics", None)):

@@ -28,8 +28,9 @@ up from what pushes it down. Written here from the paper and the authors' refere
 
 Conservation: the input relevance sums to the target logit (exactly, up to rounding, when every
 hidden layer's inputs are non-negative, as after ReLU/max-pool in VGG, and not all zero: a layer
-whose inputs are all 0 leaves only biases above it, which RAP does not place). The model must be a chain: its leaf modules, in registration order, run once
-each in that order and each feeds the next (``torch.flatten`` between them is allowed).
+whose inputs are all 0 leaves only biases above it, which RAP does not place). The model must
+be a chain: its leaf modules, in registration order, run once each in that order and each feeds
+the next (``torch.flatten`` between them is allowed).
 """
 
 from __future__ import annotations

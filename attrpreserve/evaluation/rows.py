@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
 
 from attrpreserve.evaluation.bootstrap import bootstrap_ci
 from attrpreserve.evaluation.pairs import PairTargets
@@ -28,6 +29,18 @@ def compute_quietly(metric: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return metric.compute()
+
+
+def faithfulness_metrics(device: torch.device) -> dict[str, MeanMetric]:
+    """Synced means of the deletion and insertion AUCs."""
+    return {mode: MeanMetric(nan_strategy="ignore").to(device) for mode in ("deletion", "insertion")}
+
+
+def faithfulness_values(metrics: dict[str, MeanMetric] | None) -> dict[str, float]:
+    """``{"deletion", "insertion"}`` means (synced; nan without metrics or values)."""
+    if metrics is None:
+        return {"deletion": math.nan, "insertion": math.nan}
+    return {mode: float(compute_quietly(metric)) for mode, metric in metrics.items()}
 
 
 def records_of(records: PairRecords) -> dict[str, Tensor]:
@@ -45,9 +58,11 @@ class RowMetrics:
         num_classes: K.
         device: where the states live.
         teacher: keep cos/l2 to a teacher's maps.
+        faithfulness: keep the mean deletion/insertion AUCs.
     """
 
-    def __init__(self, tolerance: float, average: str, num_classes: int, device: torch.device, teacher: bool) -> None:
+    def __init__(self, tolerance: float, average: str, num_classes: int, device: torch.device, teacher: bool,
+                 faithfulness: bool = False) -> None:
         self.tolerance, self.average, self.num_classes = tolerance, average, num_classes
         torchray = average == "class"
         self.pointing = (TorchRayPointingGame(num_classes, tolerance, validate_args=False) if torchray
@@ -58,6 +73,7 @@ class RowMetrics:
         self.energy = EnergyPointingGame(validate_args=False).to(device)
         self.similarity = MapSimilarity(validate_args=False).to(device) if teacher else None
         self.records = PairRecords(RECORD_FIELDS).to(device)
+        self.faithfulness = faithfulness_metrics(device) if faithfulness else None
 
     def update(self, maps: Tensor, targets: PairTargets, classes: Tensor, teacher_maps: Tensor | None = None) -> None:
         """Score ``[N, H, W]`` maps (image resolution) of the pairs against ``targets``."""
@@ -73,13 +89,20 @@ class RowMetrics:
         if self.similarity is not None and teacher_maps is not None:
             self.similarity.update(maps, teacher_maps.to(maps.device))
 
+    def update_faithfulness(self, aucs: dict[str, Tensor]) -> None:
+        """Add per-pair ``deletion``/``insertion`` AUCs (see :mod:`attrpreserve.evaluation.faithfulness`)."""
+        if self.faithfulness is not None:
+            for mode, values in aucs.items():
+                self.faithfulness[mode].update(values)
+
     def entry(self, scored: bool, classes: Tensor, difficult: Tensor, resamples: int, seed: int) -> dict[str, Any]:
         """The row's numbers (nan where nothing was scored). ``classes``/``difficult``: the synced
         per-pair class and difficult flag, in the records' order."""
         nan = math.nan
         entry: dict[str, Any] = {"auc": nan, "point_acc": nan, "cos": nan, "l2": nan, "energy": nan,
                                  "point_acc_difficult": nan, "num_pairs_difficult": int(difficult.sum()),
-                                 "point_acc_ci": [nan, nan], "auc_ci": [nan, nan]}
+                                 "point_acc_ci": [nan, nan], "auc_ci": [nan, nan],
+                                 **faithfulness_values(self.faithfulness)}
         if not scored:
             return entry
         entry["auc"] = float(compute_quietly(self.auroc))
@@ -103,4 +126,6 @@ class RowMetrics:
         return records_of(self.records)
 
 
-__all__ = ["RECORD_FIELDS", "RowMetrics", "compute_quietly", "records_of"]
+__all__ = [
+    "RECORD_FIELDS", "RowMetrics", "compute_quietly", "faithfulness_metrics", "faithfulness_values", "records_of",
+]

@@ -1,0 +1,106 @@
+"""Deletion and insertion curves: hand-worked scores, pixel orders, and the evaluate switch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attrpreserve.attribution.methods import METHODS, MethodSpec
+from attrpreserve.evaluate import evaluate, format_table
+from attrpreserve.evaluation.faithfulness import (
+    curve_auc, faithfulness_aucs, perturbation_scores, pixel_order,
+)
+
+
+class RegionLogit(nn.Module):
+    """Logit of class 0 = 8 x (mean of channel 0 over the top-left 2x2 block of a 4x4 image) - 4;
+    class 1 = the same for the bottom-right block."""
+
+    num_classes = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top = x[:, 0, :2, :2].mean(dim=(1, 2))
+        bottom = x[:, 0, 2:, 2:].mean(dim=(1, 2))
+        return torch.stack([8 * top - 4, 8 * bottom - 4], dim=1) * self.scale
+
+
+def _block(rows: slice, cols: slice) -> torch.Tensor:
+    out = torch.zeros(4, 4)
+    out[rows, cols] = 1.0
+    return out
+
+
+def test_deletion_and_insertion_scores_by_hand():
+    images = torch.ones(1, 3, 4, 4)
+    region = _block(slice(0, 2), slice(0, 2))[None]
+    rank = pixel_order(region + 0.01 * torch.arange(16.0).flip(0).reshape(1, 4, 4))  # region first, then row-major
+    deletion = perturbation_scores(RegionLogit(), images, torch.tensor([0]), rank, steps=8, mode="deletion")
+    # stages remove 0, 2, 4, ... pixels; the block's pixels 0, 1, 4, 5 go first (2 per stage):
+    # means 1, 0.5, 0 -> logits 4, 0, -4, then -4
+    expected = torch.sigmoid(torch.tensor([4.0, 0.0] + [-4.0] * 7))
+    assert torch.allclose(deletion[0], expected)
+    insertion = perturbation_scores(RegionLogit(), images, torch.tensor([0]), rank, steps=8, mode="insertion")
+    assert torch.allclose(insertion[0], torch.sigmoid(torch.tensor([-4.0, 0.0] + [4.0] * 7)))
+    # the trapezoid over 8 stages of 1/8
+    assert curve_auc(deletion)[0] == pytest.approx(float((expected[:-1] + expected[1:]).sum() / 16))
+
+
+def test_faithful_map_beats_the_wrong_map_and_random_order():
+    images = torch.ones(2, 3, 4, 4)
+    classes = torch.tensor([0, 1])
+    right = torch.stack([_block(slice(0, 2), slice(0, 2)), _block(slice(2, 4), slice(2, 4))])
+    wrong = 1 - right  # the block last
+    good = faithfulness_aucs(RegionLogit(), images, classes, right, steps=16)
+    bad = faithfulness_aucs(RegionLogit(), images, classes, wrong, steps=16)
+    seeded = torch.Generator().manual_seed(0)
+    rand = faithfulness_aucs(RegionLogit(), images, classes, right, steps=16, generator=seeded)
+    assert bool((good["deletion"] < rand["deletion"]).all()) and bool((rand["deletion"] < bad["deletion"]).all())
+    assert bool((good["insertion"] > rand["insertion"]).all()) and bool((rand["insertion"] > bad["insertion"]).all())
+    again = faithfulness_aucs(RegionLogit(), images, classes, right, steps=16,
+                              generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rand["deletion"], again["deletion"])  # seeded
+
+
+def test_pixel_order_ties_and_errors():
+    assert pixel_order(torch.zeros(1, 2, 2)).tolist() == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="mode"):
+        perturbation_scores(RegionLogit(), torch.ones(1, 3, 4, 4), torch.tensor([0]), pixel_order(torch.zeros(1, 4, 4)),
+                            mode="erase")
+    with pytest.raises(ValueError, match="steps"):
+        perturbation_scores(RegionLogit(), torch.ones(1, 3, 4, 4), torch.tensor([0]), pixel_order(torch.zeros(1, 4, 4)),
+                            steps=0)
+
+
+def _channel(model, images, image_index, classes, *, layer=None):
+    return images[image_index, 1 + classes]  # channels 1 and 2 carry the maps
+
+
+def test_evaluate_faithfulness_switch(monkeypatch):
+    monkeypatch.setitem(METHODS, "channel", MethodSpec(_channel))
+    images = torch.ones(2, 3, 4, 4)
+    images[0, 1] = _block(slice(0, 2), slice(0, 2))  # image 0, class 0: the right block
+    images[1, 2] = _block(slice(0, 2), slice(0, 2))  # image 1, class 1: the wrong block
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[0, :2, :2] = 1
+    masks[1, 2:, 2:] = 2
+    batch = {"image": images, "mask": masks, "labels": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+    result = evaluate(RegionLogit(), [batch], "channel", "all", progress=False, faithfulness=True,
+                      faithfulness_steps=16)
+    entry = result["methods"]["channel"]
+    direct = [faithfulness_aucs(RegionLogit(), images[i:i + 1], torch.tensor([i]),
+                                images[i:i + 1, 1 + i] / images[i, 1 + i].max(), steps=16) for i in range(2)]
+    for mode in ("deletion", "insertion"):
+        assert entry[mode] == pytest.approx(float(sum(d[mode][0] for d in direct) / 2), abs=1e-6)
+    random = result["faithfulness"]["random"]
+    assert 0 < random["deletion"] < 1 and 0 < random["insertion"] < 1
+    assert not math.isnan(result["baselines"]["center"]["deletion"])
+    assert "deletion" in format_table(result, plain=True) and "random order" in format_table(result, plain=True)
+    off = evaluate(RegionLogit(), [batch], "channel", "all", progress=False)
+    assert math.isnan(off["methods"]["channel"]["deletion"]) and "faithfulness" not in off
