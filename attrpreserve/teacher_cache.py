@@ -14,6 +14,12 @@ VOC train (5,717 images) takes 2.3 GB. vgg_small at 64 px (128x8x8), 8 views: 13
 The cache is keyed by a hash of the teacher's weights, the data set's fingerprint, the image
 size, the views and their seed, and the layers: any change gives a new folder, never a stale one.
 Building is resumable (a per-image ``done`` flag is flushed after every batch).
+
+Images: the data modules' ``source_dataset`` gives uint8 images (read from the decoded-image
+store with ``VOCDataModule(store=True)``, see :mod:`attrpreserve.data.store`), and their
+``apply_view`` crops and resizes them in uint8 and normalises the small result, for the teacher
+when the cache is built and for the student at every step alike (format 2; format 1 cropped
+images normalised at full size).
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from attrpreserve.attribution.capture import capture_features
+from attrpreserve.data.store import progress_bar
 
 ViewSampler = Callable[[torch.Generator, int, int], tuple[tuple[int, int, int, int], bool]]
 ViewApplier = Callable[[Tensor, tuple[int, int, int, int], bool], Tensor]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _hash_tensors(tensors: Sequence[Tensor]) -> str:
@@ -73,11 +80,11 @@ class TeacherCache:
 
     Args:
         teacher: the frozen teacher (run in eval mode, under ``no_grad``).
-        dataset: un-augmented training items (dicts with ``image`` [3,H,W] normalised at source
-            resolution, ``labels``, ``index``).
+        dataset: un-augmented training items (dicts with ``image`` [3,H,W] at source
+            resolution, uint8 or normalised float as ``apply_view`` takes it, ``labels``, ``index``).
         sample_view: ``(generator, height, width) -> (box, flip)``, the training augmentation's
             distribution (crop box ``(top, left, height, width)`` and horizontal flip).
-        apply_view: ``(image, box, flip) -> image`` at the training image size.
+        apply_view: ``(image, box, flip) -> image``: the normalised float view at the training image size.
         layers: teacher layers whose outputs are stored (the matched layer, ``"pool5"``; none
             for plain KD, which needs the logits only).
         views: K, the number of fixed views per image.
@@ -283,25 +290,7 @@ class CachedViewsDataset(Dataset):
         return self.item(index, view)
 
 
-class _progress:
-    """A rich progress bar (or nothing), as a context manager yielding ``advance(n)``."""
-
-    def __init__(self, enabled: bool, total: int, description: str) -> None:
-        self.enabled, self.total, self.description = enabled, total, description
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=False)
-        self.bar.start()
-        task = self.bar.add_task(self.description, total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
+_progress = progress_bar  # the shared rich bar (attrpreserve.data.store)
 
 
 def cached_train_dataset(

@@ -64,8 +64,14 @@ class ViewMixin:
         return T.sample_view(generator, height, width, scale=self.scale, ratio=self.ratio)
 
     def apply_view(self, image: Tensor, box: Sequence[int], flip: bool) -> Tensor:
-        """Apply a view and resize to ``image_size`` (:func:`~attrpreserve.data.transforms.apply_view`)."""
-        return T.apply_view(image, box, flip, self.image_size)
+        """Apply a view and resize to ``image_size`` (:func:`~attrpreserve.data.transforms.apply_view`).
+
+        A uint8 image (what ``source_dataset`` gives) is cropped and resized in uint8, then
+        normalised with this module's ``mean``/``std``, as the training items are; a float image
+        is taken as normalised already and only cropped and resized.
+        """
+        out = T.apply_view(image, box, flip, self.image_size)
+        return out if image.is_floating_point() else T.normalize(out, self.mean, self.std)
 
     def _init_cache(self, cache_teacher: bool, cache_views: int, cache_dir: str | os.PathLike, cache_seed: int) -> None:
         self.cache_teacher = bool(cache_teacher)

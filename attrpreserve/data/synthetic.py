@@ -340,6 +340,8 @@ class SyntheticDataset(Dataset):
         min_visible: with ``augment``, a class keeping less than this fraction of its pixels in
             the crop is dropped from the labels and its pixels become void (255).
         mean, std: normalisation.
+        normalize: ``False`` leaves ``image`` uint8 (0..255), for a caller that crops first and
+            normalises the small result (a teacher cache's views).
 
     Attributes:
         images: uint8 ``[N, 3, H, W]``; masks: uint8 ``[N, H, W]``; labels: float ``[N, K]``.
@@ -366,6 +368,7 @@ class SyntheticDataset(Dataset):
         min_visible: float = 0.5,
         mean: tuple[float, float, float] = SYNTHETIC_MEAN,
         std: tuple[float, float, float] = SYNTHETIC_STD,
+        normalize: bool = True,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"Expected argument `split` to be one of {SPLITS}, but got {split!r}.")
@@ -379,6 +382,7 @@ class SyntheticDataset(Dataset):
         self.ratio = T.check_range("ratio", ratio, 0.0, None)
         self.min_visible = float(min_visible)
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
+        self.normalize = bool(normalize)
         size, k = self.config.image_size, self.config.num_classes
         images = np.empty((num_samples, size, size, 3), dtype=np.uint8)
         masks = np.empty((num_samples, size, size), dtype=np.uint8)
@@ -413,16 +417,17 @@ class SyntheticDataset(Dataset):
         total = self.class_pixels[index]
         return ((total > 0) & (kept >= self.min_visible * total)).float()
 
-    def without_augmentation(self) -> SyntheticDataset:
-        """The same rendered items (tensors shared, nothing re-rendered), un-augmented."""
+    def without_augmentation(self, normalize: bool = True) -> SyntheticDataset:
+        """The same rendered items (tensors shared, nothing re-rendered), un-augmented (uint8
+        images with ``normalize=False``)."""
         clone = copy.copy(self)
-        clone.augment = False
+        clone.augment, clone.normalize = False, bool(normalize)
         return clone
 
     def fingerprint(self) -> str:
         """Items are a function of these (config, seed, split, size, augmentation, normalisation)."""
         key = (asdict(self.config), self.seed, self.split, len(self), self.augment, self.scale, self.ratio,
-               self.min_visible, self.mean, self.std)
+               self.min_visible, self.mean, self.std) + (() if self.normalize else ("uint8",))
         return f"SyntheticDataset:{hashlib.sha256(repr(key).encode()).hexdigest()[:16]}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -441,7 +446,7 @@ class SyntheticDataset(Dataset):
             image = T.apply_view(image, box, flip, size)
             mask = T.apply_view_to_mask(mask, box, flip, size)
         return {
-            "image": T.normalize(image, self.mean, self.std),
+            "image": T.normalize(image, self.mean, self.std) if self.normalize else image,
             "labels": labels,
             "mask": mask.long(),
             "index": index,
@@ -558,10 +563,11 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
             self.localization_dataset = self._dataset("test", False)
 
     def source_dataset(self, split: str = "train") -> SyntheticDataset:
-        """Un-augmented items of ``split`` (for a teacher-output cache's views); reuses the
-        rendered split when ``setup()`` has made it."""
+        """Un-augmented uint8 items of ``split``, for a teacher-output cache's views
+        (:meth:`apply_view` crops them and normalises the result); reuses the rendered split when
+        ``setup()`` has made it."""
         built = {"train": self.train_dataset, "val": self.val_dataset, "test": self.localization_dataset}
         if split not in built:
             raise ValueError(f"Expected argument `split` to be one of {SPLITS}, but got {split!r}.")
         dataset = built[split]
-        return dataset.without_augmentation() if dataset is not None else self._dataset(split, False)
+        return (dataset if dataset is not None else self._dataset(split, False)).without_augmentation(normalize=False)

@@ -23,6 +23,14 @@ differs from its image's, or an image whose size differs from its XML's ``<size>
 item is read. Each raises a :class:`DataError` (a ValueError) naming the file(s), what is wrong and
 what was expected; :func:`attrpreserve.data.check.validate_data` runs the same checks over a whole
 folder and lists every problem.
+
+Decoded-image store (``VOCDataModule(store=True)``, off by default): every image (and mask) of a
+split is decoded once, resized to a short side of ``store_size`` (default ``1.15 * image_size``)
+and memory-mapped as uint8 (:mod:`attrpreserve.data.store`); items are cropped, flipped and
+resized from it in uint8 and normalised at the small size. The size checks above then run on every
+file while the store is built (in ``setup()``), not when an item is read. Items differ from the
+JPEG path's by the store's resize (crops of the stored image, not of the source); ``store_size=0``
+keeps the source size and gives the JPEG path's items exactly.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
     IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, default_workers, plain,
 )
+from attrpreserve.data.store import ImageStore, build_on_rank_zero, default_store_size
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -329,8 +338,14 @@ class VOCDataset(Dataset):
             ``tv_tensors.Image`` uint8 / ``tv_tensors.Mask``; ``None`` keeps the source size.
         mean, std: normalisation applied after the transform.
         include_difficult: count objects marked ``difficult`` as positives.
+        normalize: ``False`` leaves ``image`` uint8 (0..255), for a caller that crops first and
+            normalises the small result (a teacher cache's views).
+        store_dir: read decoded images (and masks) from an :class:`~attrpreserve.data.store.ImageStore`
+            in this folder instead of decoding the files (``build_store()`` makes it); ``None``
+            reads the files.
+        store_size: short side of the stored images (0: source size).
 
-    Items: ``image`` float32 [3,H,W] normalised; ``labels`` float32 [20] multi-hot; ``mask``
+    Items: ``image`` float32 [3,H,W] normalised (uint8 with ``normalize=False``); ``labels`` float32 [20] multi-hot; ``mask``
     int64 [H,W] (0 background, c+1 class c, 255 void; the source mask has the source image's size,
     any resizing is the transform's); ``index`` int.
 
@@ -352,8 +367,12 @@ class VOCDataset(Dataset):
         mean: Sequence[float] = VOC_MEAN,
         std: Sequence[float] = VOC_STD,
         include_difficult: bool = True,
+        normalize: bool = True,
+        store_dir: str | os.PathLike | None = None,
+        store_size: int = 0,
     ) -> None:
         self.root = find_voc_root(root)
+        self.normalize = bool(normalize)
         self.split, self.segmentation = split, segmentation
         self.transform = transform
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
@@ -373,6 +392,29 @@ class VOCDataset(Dataset):
             labels[row, annotation.classes] = 1.0
             self.annotations.append(annotation)
         self.labels = labels
+        self.store: ImageStore | None = None
+        if store_dir is not None:
+            self.store = ImageStore(
+                [self.image_path(i) for i in range(len(self.ids))],
+                [self.mask_path(i) for i in range(len(self.ids))] if segmentation else None,
+                short_side=store_size, store_dir=store_dir,
+                name=f"voc-{'seg-' if segmentation else ''}{split}", check=self._check_sizes,
+            )
+
+    def _check_sizes(self, index: int, image_size: tuple[int, int], mask_size: tuple[int, int] | None) -> None:
+        """The item-time size checks, run on the decoded sizes while the store is built."""
+        check_image_size(image_size, self.image_path(index), self.annotations[index], self.annotation_path(index))
+        if mask_size is not None:
+            check_mask_size(mask_size, self.mask_path(index), image_size, self.image_path(index))
+
+    def build_store(self, progress: bool = True) -> None:
+        """Decode the split into its store (resumable; nothing to do when complete or storeless).
+
+        Raises:
+            DataError: (a ValueError) a corrupt image or mask, or a size check failing (named).
+        """
+        if self.store is not None and not self.store.is_complete:
+            self.store.build(progress=progress)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -387,7 +429,10 @@ class VOCDataset(Dataset):
         return self.root / "Annotations" / f"{self.ids[index]}.xml"
 
     def image_size_of(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` of the source image (header only), for view sampling."""
+        """``(height, width)`` of the image items are made from (header only; the stored size
+        with a store), for view sampling."""
+        if self.store is not None:
+            return self.store.size(index)
         try:
             with Image.open(self.image_path(index)) as img:
                 width, height = img.size
@@ -401,26 +446,35 @@ class VOCDataset(Dataset):
         h = hashlib.sha256(repr((self.split, self.segmentation, self.mean, self.std)).encode())
         h.update("\n".join(self.ids).encode())
         h.update(self.labels.numpy().tobytes())
+        if not self.normalize:
+            h.update(b"uint8")
+        if self.store is not None:  # the files' names, sizes, mtimes and the stored size
+            h.update(f"store:{self.store.key}".encode())
         return f"VOCDataset:{h.hexdigest()[:16]}"
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} items")
-        image = tv_tensors.Image(read_image(self.image_path(index)))
-        size = tuple(image.shape[-2:])
-        check_image_size(size, self.image_path(index), self.annotations[index], self.annotation_path(index))
         mask = None
-        if self.segmentation:
-            raw = read_mask(self.mask_path(index))
-            check_mask_size(tuple(raw.shape), self.mask_path(index), size, self.image_path(index))
-            mask = tv_tensors.Mask(raw)
+        if self.store is not None:  # decoded, resized and checked once, when the store was built
+            image = tv_tensors.Image(self.store.image(index))
+            if self.segmentation:
+                mask = tv_tensors.Mask(self.store.mask(index))
+        else:
+            image = tv_tensors.Image(read_image(self.image_path(index)))
+            size = tuple(image.shape[-2:])
+            check_image_size(size, self.image_path(index), self.annotations[index], self.annotation_path(index))
+            if self.segmentation:
+                raw = read_mask(self.mask_path(index))
+                check_mask_size(tuple(raw.shape), self.mask_path(index), size, self.image_path(index))
+                mask = tv_tensors.Mask(raw)
         if self.transform is not None:
             if mask is None:
                 image = self.transform(image)
             else:
                 image, mask = self.transform(image, mask)
         item: dict[str, Any] = {
-            "image": T.normalize(image, self.mean, self.std),
+            "image": T.normalize(image, self.mean, self.std) if self.normalize else plain(image),
             "labels": self.labels[index].clone(),
             "index": index,
         }
@@ -470,11 +524,22 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         download: when ``root`` holds no VOC2012 folder, fetch VOC 2012 trainval (2 GB) through
             torchvision's downloader into ``root`` (``root/VOCdevkit/VOC2012``) in
             ``prepare_data``. Off by default: nothing is downloaded unless asked.
+        store: decode every image (and mask) of each split once into a memory-mapped uint8
+            :class:`~attrpreserve.data.store.ImageStore` (built in ``setup()``, on global rank 0
+            under DDP while the others wait; resumable; rebuilt when a file's name, size or mtime
+            or ``store_size`` changes) and train and evaluate from it. Several times faster on
+            CPU; items are crops of the stored (resized) image, so they differ slightly from the
+            JPEG path's. Off by default.
+        store_dir: parent folder of the stores.
+        store_size: short side of stored images in pixels, ``0`` (source size: items equal the
+            JPEG path's) or ``>= image_size``; ``None`` is ``round(1.15 * image_size)``.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
         FileNotFoundError: from ``setup()``, when the folder, a split file or a listed file is
             missing (the message says what layout is expected).
+        DataError: (a ValueError) from ``setup()`` with ``store=True``, for the first corrupt or
+            mis-sized file met while building a store (without a store: when the item is read).
 
     Example:
         >>> dm = VOCDataModule("/data/voc", image_size=64, batch_size=8, num_workers=0)
@@ -503,6 +568,9 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         cache_dir: str = ".cache/teacher",
         cache_seed: int = 0,
         download: bool = False,
+        store: bool = False,
+        store_dir: str = ".cache/images",
+        store_size: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)) or not str(root):
@@ -524,6 +592,17 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
         self.train_augment, self.include_difficult, self.pin_memory = train_augment, include_difficult, pin_memory
         self.root = root
+        if not isinstance(store, bool):
+            raise ValueError(f"Expected argument `store` to be a bool, but got {store!r}.")
+        if not isinstance(store_dir, (str, os.PathLike)) or not str(store_dir):
+            raise ValueError(f"Expected argument `store_dir` to be a folder path, but got {store_dir!r}.")
+        if store_size is None:
+            store_size = default_store_size(self.image_size)
+        if isinstance(store_size, bool) or not isinstance(store_size, int) or not (
+                store_size == 0 or store_size >= self.image_size):
+            raise ValueError(f"Expected argument `store_size` to be None, 0 (source size) or an int >= image_size "
+                             f"({self.image_size}), but got {store_size!r}.")
+        self.store, self.store_dir, self.store_size = store, store_dir, store_size
         self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed)
         self.save_hyperparameters()
         self.train_dataset: VOCDataset | None = None
@@ -544,7 +623,15 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         else:
             transform = T.eval_transform(self.image_size)
         return VOCDataset(self.root, split, segmentation=segmentation, transform=transform, mean=self.mean,
-                          std=self.std, include_difficult=self.include_difficult)
+                          std=self.std, include_difficult=self.include_difficult, **self._store_args())
+
+    def _store_args(self) -> dict[str, Any]:
+        return {"store_dir": self.store_dir, "store_size": self.store_size} if self.store else {}
+
+    def _build_stores(self, datasets: Sequence[VOCDataset | None]) -> None:
+        stores = [d.store for d in datasets if d is not None and d.store is not None]
+        if stores and not all(s.is_complete for s in stores):
+            build_on_rank_zero(stores, getattr(self, "trainer", None))
 
     def prepare_data(self) -> None:
         """With ``download=True`` and no VOC2012 folder under ``root``: download and extract VOC 2012."""
@@ -559,8 +646,13 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             self.val_dataset = self._dataset(self.hparams.val_split, False, train=False)
         if stage in (None, "test", "predict") and self.localization_dataset is None:
             self.localization_dataset = self._dataset(self.hparams.seg_split, True, train=False)
+        self._build_stores([self.train_dataset, self.val_dataset, self.localization_dataset])
 
     def source_dataset(self, split: str | None = None) -> VOCDataset:
-        """Un-augmented items at source resolution (for a teacher-output cache's views)."""
-        return VOCDataset(self.root, split or self.hparams.train_split, transform=None, mean=self.mean,
-                          std=self.std, include_difficult=self.include_difficult)
+        """Un-augmented uint8 items at source resolution (the stored one with ``store``), for a
+        teacher-output cache's views: :meth:`apply_view` crops them and normalises the result."""
+        dataset = VOCDataset(self.root, split or self.hparams.train_split, transform=None, mean=self.mean,
+                             std=self.std, include_difficult=self.include_difficult, normalize=False,
+                             **self._store_args())
+        self._build_stores([dataset])
+        return dataset
