@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import math
+import multiprocessing
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from attrpreserve.attribution.methods import METHODS, MethodSpec
 from attrpreserve.data.boxes import Boxes, box_masks, pad_boxes, read_boxes
 from attrpreserve.evaluate import evaluate, format_table
 from attrpreserve.evaluation.bootstrap import bootstrap_ci
+from attrpreserve.evaluation.records import PairRecords, pair_values
 from attrpreserve.metrics import EnergyPointingGame, TorchRayPointingGame
 from attrpreserve.metrics.functional import energy_pointing_game, torchray_pointing_game
 
@@ -305,3 +308,55 @@ def test_evaluate_reports_intervals():
     low, high = entry["point_acc_ci"]
     assert entry["point_acc"] == 0.5 and 0.0 <= low < 0.5 < high <= 1.0
     assert entry["auc_ci"][0] <= entry["auc"] <= entry["auc_ci"][1]
+
+
+# -- two processes --------------------------------------------------------------------------------
+N_DDP, SPLIT_DDP = 21, 8
+
+
+def _ddp_values(lo: int, hi: int) -> dict:
+    """The new metrics and the per-pair records on maps [lo, hi), in two updates."""
+    g = torch.Generator().manual_seed(5)
+    heat, masks = torch.randn(N_DDP, 12, 12, generator=g), torch.rand(N_DDP, 12, 12, generator=g) < 0.2
+    classes = torch.randint(0, K, (N_DDP,), generator=g)
+    pointing, energy = TorchRayPointingGame(num_classes=K, tolerance=3), EnergyPointingGame()
+    records = PairRecords(["hit", "auc", "energy"])
+    for a, b in ((lo, (lo + hi) // 2), ((lo + hi) // 2, hi)):
+        pointing.update(heat[a:b], masks[a:b], classes[a:b])
+        energy.update(heat[a:b], masks[a:b])
+        records.update(**pair_values(heat[a:b], masks[a:b], None, 3))
+    values = {k: v.reshape(-1) for k, v in records.compute().items()}
+    low, high = bootstrap_ci(values["hit"], torch.arange(values["hit"].numel()) % K, K, resamples=200)
+    return {"pointing": float(pointing.compute()), "energy": float(energy.compute()), "ci": [low, high],
+            "hits": values["hit"].tolist(), "aucs": values["auc"].tolist()}
+
+
+def _ddp_worker(rank: int, out_dir: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=2)
+    try:
+        result = _ddp_values(*((0, SPLIT_DDP) if rank == 0 else (SPLIT_DDP, N_DDP)))
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods() or not torch.distributed.is_available(),
+                    reason="needs fork and torch.distributed")
+def test_two_process_gloo_matches_single_process(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_ddp_worker, args=(str(tmp_path),), nprocs=2, join=True, start_method="fork")
+    expected = _ddp_values(0, N_DDP)
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["pointing"] == pytest.approx(expected["pointing"]) and got["energy"] == pytest.approx(
+            expected["energy"])
+        assert got["hits"] == expected["hits"] and got["ci"] == pytest.approx(expected["ci"])  # records gathered
+        assert got["aucs"] == pytest.approx(expected["aucs"], nan_ok=True)
