@@ -1,6 +1,7 @@
 """The `attrpreserve` command: help, evaluate, quickstart; and an offline wandb run folder."""
 
 import json
+import time
 
 import pytest
 import pytorch_lightning as pl
@@ -101,5 +102,9 @@ def test_offline_wandb_run_folder_holds_scalars_images_and_table(tmp_path, monke
     assert any(p.suffix == ".wandb" for p in files)
     assert any(p.suffix == ".png" and "panels" in str(p) for p in files)
     assert any(p.name.endswith(".table.json") for p in files)
-    record = next(p for p in files if p.suffix == ".wandb").read_bytes()  # offline: config is in the run record
+    # Offline, the config is in the run record, which wandb's service may still be writing after finish().
+    path, deadline = next(p for p in files if p.suffix == ".wandb"), time.monotonic() + 30
+    while b"train/match" not in path.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    record = path.read_bytes()
     assert b"temperature" in record and b"alpha" in record and b"train/match" in record

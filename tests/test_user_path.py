@@ -30,14 +30,27 @@ def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([COMMAND, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def wandb_records(run_dir: Path) -> dict:
+def wandb_records(run_dir: Path, timeout: float = 30.0) -> dict:
     """Config, history rows and summary of an offline wandb run folder, read from its ``.wandb``
     file (a LevelDB-style log of protobuf records: 7-byte header, 32 KiB blocks, each record a
-    4-byte checksum, 2-byte length and 1-byte type, split across blocks as first/middle/last)."""
+    4-byte checksum, 2-byte length and 1-byte type, split across blocks as first/middle/last).
+
+    wandb's service writes the file in the background: ``run.finish()`` in this process can return
+    before the last records land, so wait for the run's exit record."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _read_records(next(run_dir.glob("*.wandb")).read_bytes())
+        if out["exited"] or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _read_records(data: bytes) -> dict:
     from wandb.proto import wandb_internal_pb2
 
-    data = next(run_dir.glob("*.wandb")).read_bytes()
-    pos, buffer, out = 7, b"", {"config": {}, "history": [], "summary": {}}
+    pos, buffer, out = 7, b"", {"config": {}, "history": [], "summary": {}, "exited": False}
     block = 32768
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -63,6 +76,8 @@ def wandb_records(run_dir: Path) -> dict:
             out["history"].append({key(i): json.loads(i.value_json) for i in record.history.item})
         elif which == "summary":
             out["summary"].update({key(i): json.loads(i.value_json) for i in record.summary.update})
+        elif which == "exit":
+            out["exited"] = True
     return out
 
 
@@ -223,3 +238,19 @@ def test_voc_download_is_opt_in_and_uses_a_local_archive(tmp_path, monkeypatch, 
     dm.prepare_data()
     dm.setup("test")
     assert len(dm.localization_dataset) > 0 and not calls
+
+
+def test_evaluate_wandb_without_a_training_run_names_a_run_after_the_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = tmp_path / "runs/mine/checkpoints"
+    folder.mkdir(parents=True)
+    ckpt = _tiny_ckpt(tmp_path).rename(folder / "last.ckpt")  # written with logger=False: no run in it
+    assert main(["evaluate", "--ckpt", str(ckpt), "--data", "synthetic", "--max-images", "4", "--batch-size", "4",
+                 "--device", "cpu", "--no-progress", "--wandb"]) == 0
+    (run,) = (tmp_path / "runs/mine/wandb").glob("offline-run-*")
+    records = wandb_records(run)
+    assert records["config"]["evaluate"]["checkpoint"] == str(ckpt)
+    assert records["config"]["evaluate"]["methods"] == ["gradcam"]
+    assert "evaluate/paper/map" in records["summary"]
+    assert b"mine-evaluate" in next(run.glob("*.wandb")).read_bytes()  # the run's name
