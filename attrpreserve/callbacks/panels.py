@@ -14,8 +14,7 @@ from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from attrpreserve.attribution.capture import capture_features
-from attrpreserve.attribution.maps import ewa_map, feature_grads, swa_map
+from attrpreserve.attribution.methods import attribute, predict_and_attribute
 from attrpreserve.models.layers import resolve_layer_name
 from attrpreserve.visualize import figure_to_array, panel_figure
 
@@ -101,27 +100,17 @@ class AttributionPanels(Callback):
         return self._maps_and_classes(pl_module, images)[0]
 
     def _maps_and_classes(self, pl_module: pl.LightningModule, images: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        networks = self._networks(pl_module)
-        classes = None
-        out: dict[str, Tensor] = {}
-        for name, net in networks.items():
-            was_training = net.training
-            net.eval()
-            try:
-                with torch.inference_mode(False), torch.enable_grad():
-                    x = images.clone().to(pl_module.device)
-                    with capture_features(net, [self.layer], cut_graph=True) as feats:
-                        logits = net(x)
-                    if classes is None:
-                        classes = logits.detach().argmax(dim=1)
-                    feat = feats[self.layer]
-                    if self.mode == "ewa":
-                        heat = ewa_map(feat)
-                    else:
-                        heat = swa_map(feat, feature_grads(logits, feat, classes))
-                out[name] = heat[:, 0].detach().float().cpu()
-            finally:
-                net.train(was_training)
+        # The maps come from the evaluation's own functions (`attribute`), so a panel shows the
+        # map `evaluate` scores and the matching loss compares (tests/test_one_map.py).
+        networks = list(self._networks(pl_module).items())
+        x = images.to(pl_module.device)
+        first_name, first = networks[0]
+        _, _, classes, heat = predict_and_attribute(
+            first, x, lambda logits: (torch.arange(len(logits), device=logits.device), logits.argmax(dim=1)),
+            self.mode, layer=self.layer)
+        out = {first_name: heat.float().cpu()}
+        for name, net in networks[1:]:
+            out[name] = attribute(net, x, classes, self.mode, layer=self.layer).float().cpu()
         return out, classes.cpu()
 
     @override
