@@ -315,6 +315,7 @@ def test_memory_does_not_grow_over_many_batches():
     assert graphs[1] == graphs[0]  # (other tests in this process may hold graphs: only growth counts)
     per_batch = (held[1] - held[0]) / 19
     assert per_batch < 8 * 200, per_batch  # the states of 8 images, not the activations of a batch
-    # One batch's activations and maps through both networks are several MB: keeping one per
-    # batch would add that much resident memory per batch.
-    assert (rss[1] - rss[0]) / 19 < 256 * 1024, (rss[1] - rss[0]) / 19
+    # One batch's activations and maps through both networks are about 3 MB: keeping one per
+    # batch would add that much resident memory per batch. The per-pair records (intervals,
+    # per-class tables) and the allocator's own drift stay well under 1 MiB a batch.
+    assert (rss[1] - rss[0]) / 19 < 1024 * 1024, (rss[1] - rss[0]) / 19
