@@ -7,31 +7,14 @@ Importing this module warns once (``DeprecationWarning``) and re-exports the old
 
 import warnings
 
-from attrpreserve.pruning.shapley import (
-    BASELINES,
-    OUTPUTS,
-    LinkImportance,
-    ShapleyReport,
-    ShapleyValues,
-    check_importance_level,
-    importance_mask,
-    link_importance,
-    link_shapley,
-    model_link_importance,
-    prune_by_importance,
-    resolve_layers,
-    shapley_layers,
-    shapley_prune,
-    unit_importance,
-)
+from attrpreserve.pruning import shapley as _shapley
+from attrpreserve.pruning.shapley import *  # noqa: F403
 from attrpreserve.pruning.targets import batch_images
 
-prunable_layers = shapley_layers
+prunable_layers = shapley_layers  # noqa: F405
 batch_inputs = batch_images
 
-__all__ = ["BASELINES", "OUTPUTS", "LinkImportance", "ShapleyReport", "ShapleyValues", "batch_inputs",
-           "check_importance_level", "importance_mask", "link_importance", "link_shapley", "model_link_importance",
-           "prunable_layers", "prune_by_importance", "resolve_layers", "shapley_prune", "unit_importance"]
+__all__ = sorted(set(_shapley.__all__) - {"shapley_layers"} | {"batch_inputs", "prunable_layers"})
 
 warnings.warn("attrpreserve.shapley is deprecated: import from attrpreserve.pruning.shapley (or attrpreserve.pruning).",
               DeprecationWarning, stacklevel=2)

@@ -5,21 +5,11 @@ Importing this module warns once (``DeprecationWarning``) and re-exports the old
 
 import warnings
 
-from attrpreserve.pruning.masks import fold_masks, folded_state_dict, is_masked, make_permanent, pruned_tensor_names
-from attrpreserve.pruning.surgery import (
-    IMPORTANCES,
-    channels_to_remove,
-    check_rates,
-    conv_layers,
-    export_pruned,
-    plan_removal,
-    remove_channels,
-    restore_structure,
-)
+from attrpreserve.pruning import masks as _masks, surgery as _surgery
+from attrpreserve.pruning.masks import *  # noqa: F403  (the old names, now split over two modules)
+from attrpreserve.pruning.surgery import *  # noqa: F403
 
-__all__ = ["IMPORTANCES", "channels_to_remove", "check_rates", "conv_layers", "export_pruned", "fold_masks",
-           "folded_state_dict", "is_masked", "make_permanent", "plan_removal", "pruned_tensor_names",
-           "remove_channels", "restore_structure"]
+__all__ = sorted(set(_surgery.__all__) | set(_masks.__all__) - {"effective_tensor"})
 
 warnings.warn("attrpreserve.surgery is deprecated: import from attrpreserve.pruning.surgery (or attrpreserve.pruning).",
               DeprecationWarning, stacklevel=2)

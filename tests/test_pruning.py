@@ -449,7 +449,8 @@ def test_load_state_dict_compares_the_saved_settings():
     assert "UnstructuredPruning.amounts" in str(err.value)  # the per-round values too
     with pytest.raises(ValueError, match=r"UnstructuredPruning.rounds: 4 -> 16"):
         UnstructuredPruning().load_state_dict({"rounds": 4, "rounds_done": 2})
-    old, new = UnstructuredPruning(amount=_same_name_schedule(0.3)), UnstructuredPruning(amount=_same_name_schedule(0.2))
+    old = UnstructuredPruning(amount=_same_name_schedule(0.3))
+    new = UnstructuredPruning(amount=_same_name_schedule(0.2))
     assert old.state_key == new.state_key  # a schedule goes by its name, as in the training recipe
     with pytest.raises(ValueError, match=r"UnstructuredPruning.amounts: \[0.3, .*\] -> \[0.2, "):
         new.load_state_dict(old.state_dict())
@@ -526,7 +527,8 @@ def test_unstructured_pruning_reads_the_input_size_from_tuple_batches():
 # old module -> (new module named in the warning, {old name: name in attrpreserve.pruning / callbacks})
 OLD_PATHS = {
     "attrpreserve.surgery": ("attrpreserve.pruning.surgery", {"restore_structure": "restore_structure",
-                                                              "fold_masks": "fold_masks", "conv_layers": "conv_layers"}),
+                                                              "fold_masks": "fold_masks",
+                                                              "conv_layers": "conv_layers"}),
     "attrpreserve.complexity": ("attrpreserve.pruning.complexity", {"count_flops": "count_flops",
                                                                     "prunable_layers": "prunable_layers",
                                                                     "effective_tensor": "effective_tensor"}),

@@ -8,7 +8,9 @@ from torch.nn.utils import prune
 from attrpreserve.models import vgg16, vgg_small
 from attrpreserve.pruning.complexity import count_flops, count_parameters, sparsity
 from attrpreserve.pruning.masks import effective_tensor, folded_state_dict, is_masked, make_permanent
-from attrpreserve.pruning.surgery import channels_to_remove, conv_layers, export_pruned, remove_channels, restore_structure
+from attrpreserve.pruning.surgery import (
+    channels_to_remove, conv_layers, export_pruned, remove_channels, restore_structure,
+)
 
 
 def _tiny() -> nn.Sequential:

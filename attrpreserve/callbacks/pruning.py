@@ -133,16 +133,18 @@ class UnstructuredPruning(_PruningCallback):
     """Iterative global (or per-layer) magnitude pruning of the student's weights with masks.
 
     Round ``r`` (1, 2, ..., ``rounds``) runs at the start of epoch
-    ``start_epoch + (r - 1) * every_n_epochs`` and brings the pruned tensors to sparsity
-    exactly ``1 - (1 - amount) ** r`` (``amount`` is the fraction of the *remaining* weights;
-    16 rounds of 0.2 give 97.19 %; with a schedule ``amount(epoch)``, ``1 - prod (1 - a_i)`` over
-    the amounts of rounds 1..r, and a round whose amount is 0 prunes nothing): the number of zeros is ``round(N * target)`` over the ``N``
-    pruned weights (of all layers for ``scope="global"``, of each layer for ``"layer"``), so
-    rounding never accumulates. The smallest-magnitude surviving weights are masked;
-    ``torch.nn.utils.prune`` holds the masks (``weight = weight_orig * weight_mask`` before
-    every forward), so pruned weights stay exactly zero through every optimiser step, momentum
-    and weight decay included. At ``setup`` the layers get masks of ones (``prune.identity``),
-    so parameter names and order stay the same for the whole fit, checkpoints and resumes.
+    ``start_epoch + (r - 1) * every_n_epochs`` and brings the pruned tensors to sparsity exactly
+    ``1 - (1 - amount) ** r``
+    (``amount`` is the fraction of the *remaining* weights; 16 rounds of 0.2 give 97.19 %; with
+    a schedule ``amount(epoch)``, ``1 - prod (1 - a_i)`` over the amounts of rounds 1..r, and a
+    round whose amount is 0 prunes nothing): the number of zeros is ``round(N * target)`` over
+    the ``N`` pruned weights (of all layers for ``scope="global"``, of each layer for
+    ``"layer"``), so rounding never accumulates. The smallest-magnitude surviving weights are
+    masked; ``torch.nn.utils.prune`` holds the masks (``weight = weight_orig * weight_mask``
+    before every forward), so pruned weights stay exactly zero through every optimiser step,
+    momentum and weight decay included. At ``setup`` the layers get masks of ones
+    (``prune.identity``), so parameter names and order stay the same for the whole fit,
+    checkpoints and resumes.
 
     After each round the surviving weights can be rewound (lottery ticket) and the optimiser
     and scheduler are rebuilt from ``configure_optimizers`` (``reset_optimizer=True``).
