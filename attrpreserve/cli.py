@@ -110,8 +110,19 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--method-arg", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="a method option, repeatable: ig.n_steps=16, lrp.composite=alpha1_beta0")
     p.add_argument("--protocol", default="paper", choices=("paper", "torchray", "all"),
-                   help="paper (default): pairs the model predicts positive; all: every ground-truth pair (the "
-                        "same pairs for every model); torchray: every pair, 15 px tolerance, per-class mean")
+                   help="paper (default): pairs the model predicts positive, exact pixel; all: every ground-truth "
+                        "pair (the same pairs for every model); torchray: TorchRay's pointing game (a hit within "
+                        "15 px, mean of per-class accuracies, difficult-only classes skipped)")
+    p.add_argument("--baselines", default="center",
+                   help="model-free rows scored on the same pairs: center (a centred Gaussian), or none "
+                        "(default: center)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of the scored pairs for the 95%% intervals of point accuracy and AUC; 0: none "
+                        "(default: 1000)")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also deletion/insertion curves of each map (area under the model's score as pixels are "
+                        "removed/added in the map's order) with a random-order reference")
+    p.add_argument("--faithfulness-steps", type=int, default=20, help="stages of those curves (default: 20)")
     p.add_argument("--void-as-background", action="store_true",
                    help="count VOC void pixels as background (the reference scripts' behaviour)")
     p.add_argument("--max-images", type=int, default=None, help="score the first N images (default: all)")
@@ -284,7 +295,10 @@ def evaluate_main(argv: Sequence[str]) -> dict:
                       teacher=teacher.to(device) if teacher is not None else None,
                       count_void_as_background=args.void_as_background, max_batches=args.max_batches,
                       max_images=args.max_images, method_kwargs=method_kwargs, teacher_method_kwargs=teacher_kwargs,
-                      progress=not args.no_progress, provenance=provenance, logger=logger, out=out)
+                      progress=not args.no_progress, provenance=provenance, logger=logger, out=out,
+                      baselines=() if args.baselines in ("", "none") else [b.strip() for b in args.baselines.split(",")],
+                      bootstrap=args.bootstrap, faithfulness=args.faithfulness,
+                      faithfulness_steps=args.faithfulness_steps)
     if logger is not None:
         log_summary(logger, result, key=f"evaluate/{args.protocol}")
         say(f"wandb: logged to run {logger.version} in {logger.save_dir}")
