@@ -116,7 +116,8 @@ def recipe_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list
         elif name not in old:
             lines.append(f"{name} was not in the run that wrote the checkpoint")
         else:
-            for key in sorted(set(old[name]) | set(new[name])):
+            # `class` is a module path, which may move between versions: the key names the class.
+            for key in sorted((set(old[name]) | set(new[name])) - {"class"}):
                 if old[name].get(key) != new[name].get(key):
                     lines.append(f"{name}.{key}: {old[name].get(key)} -> {new[name].get(key)}")
     return lines
