@@ -32,7 +32,10 @@ from attrpreserve.modules import DistillationModule, TeacherModule
 from attrpreserve.visualize import save_panels
 
 COLUMNS = ("model", "mAP", "F1", "AUC", "point acc", "cos", "l2", "pairs")
-ALL_COLUMNS = ("model", "AUC (all)", "point acc (all)", "cos (all)", "l2 (all)", "pairs (all)")
+ALL_COLUMNS = ("model", "AUC (all)", "point acc (all)", "point acc CI (all)", "energy (all)", "cos (all)", "l2 (all)",
+               "deletion (all)", "insertion (all)", "pairs (all)")
+TORCHRAY_COLUMNS = ("model", "point acc (torchray)", "point acc difficult (torchray)")
+PROTOCOLS = ("paper", "all", "torchray")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,24 +74,52 @@ def _trainer(args: argparse.Namespace, out: Path, name: str, epochs: int, callba
     )
 
 
-def _row(name: str, paper: dict[str, Any], every: dict[str, Any]) -> dict[str, Any]:
-    pct = lambda v: None if v is None or v != v else round(100 * float(v), 2)  # noqa: E731
-    num = lambda v, d: None if v is None or v != v else round(float(v), d)  # noqa: E731
-    row: dict[str, Any] = {"model": name, "mAP": pct(paper["metrics"]["map"]), "F1": pct(paper["metrics"]["f1"])}
+def _pct(value: Any) -> float | None:
+    return None if value is None or value != value else round(100 * float(value), 2)
+
+
+def _num(value: Any, digits: int) -> float | None:
+    return None if value is None or value != value else round(float(value), digits)
+
+
+def _row(name: str, results: dict[str, dict[str, Any]], key: str = "methods") -> dict[str, Any]:
+    """One table row from the results of every protocol; ``key="baselines"`` for the centre row."""
+    paper, every, torchray = (results[p] for p in PROTOCOLS)
+    row: dict[str, Any] = {"model": name, "mAP": _pct(paper["metrics"]["map"]), "F1": _pct(paper["metrics"]["f1"])}
     for suffix, result in (("", paper), (" (all)", every)):
-        gradcam = result["methods"]["gradcam"]
-        row.update({f"AUC{suffix}": pct(gradcam["auc"]), f"point acc{suffix}": pct(gradcam["point_acc"]),
-                    f"cos{suffix}": num(gradcam.get("cos"), 3), f"l2{suffix}": num(gradcam.get("l2"), 2),
+        gradcam = result[key].get("gradcam") or result[key]["center"]
+        row.update({f"AUC{suffix}": _pct(gradcam["auc"]), f"point acc{suffix}": _pct(gradcam["point_acc"]),
+                    f"cos{suffix}": _num(gradcam.get("cos"), 3), f"l2{suffix}": _num(gradcam.get("l2"), 2),
                     f"pairs{suffix}": gradcam["num_pairs"]})
+    gradcam = every[key].get("gradcam") or every[key]["center"]
+    low, high = gradcam.get("point_acc_ci") or (None, None)
+    row.update({"point acc CI (all)": None if low is None else f"{_pct(low)}-{_pct(high)}",
+                "energy (all)": _pct(gradcam.get("energy")), "deletion (all)": _num(gradcam.get("deletion"), 3),
+                "insertion (all)": _num(gradcam.get("insertion"), 3)})
+    ray = torchray[key].get("gradcam") or torchray[key]["center"]
+    row.update({"point acc (torchray)": _pct(ray["point_acc"]),
+                "point acc difficult (torchray)": _pct(ray.get("point_acc_difficult"))})
+    if key == "baselines":  # no model: no predictions, and the paper's pairs are a model's own
+        row.update(dict.fromkeys(COLUMNS[1:]))
     return row
+
+
+def _random_row(every: dict[str, Any]) -> dict[str, Any]:
+    """Deletion/insertion of a random pixel order: the reference the maps' curves are read against."""
+    random = (every.get("faithfulness") or {}).get("random") or {}
+    return {"model": "random order", "deletion (all)": _num(random.get("deletion"), 3),
+            "insertion (all)": _num(random.get("insertion"), 3)}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
     text = []
     for title, keys in (("Paper protocol: the pairs each model predicts positive", COLUMNS),
-                        ("Every ground-truth pair: the same pairs for every model", ALL_COLUMNS)):
+                        ("Every ground-truth pair: the same pairs for every model (deletion: lower is more "
+                         "faithful; insertion: higher)", ALL_COLUMNS),
+                        ("TorchRay's pointing game: 15 px, mean of per-class accuracies", TORCHRAY_COLUMNS)):
         text += [f"{title}\n", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        text += ["| " + " | ".join("-" if row[k] is None else str(row[k]) for k in keys) + " |" for row in rows]
+        text += ["| " + " | ".join("-" if row.get(k) is None else str(row[k]) for k in keys) + " |" for row in rows
+                 if any(row.get(k) is not None for k in keys[1:])]
         text.append("")
     return "\n".join(text)
 
@@ -131,21 +162,25 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         trainer.save_checkpoint(out / f"student_{name.lower()}.ckpt")
         students[name] = module
 
-    print("[4/4] evaluation: Grad-CAM at conv5_3; paper protocol and every ground-truth pair")
+    print("[4/4] evaluation: Grad-CAM at conv5_3; the paper's protocol, every ground-truth pair (with "
+          "deletion/insertion curves) and TorchRay's pointing game")
     networks = {"teacher": (teacher.model, None), **{n: (m.student, teacher.model) for n, m in students.items()}}
     rows = []
     for name, (net, reference) in networks.items():
-        paper, every = (evaluate(net, dm, methods=["gradcam"], protocol=protocol, teacher=reference,
-                                 progress=not args.no_progress, out=out / "results" / protocol / name.lower())
-                        for protocol in ("paper", "all"))
-        rows.append(_row(name, paper, every))
+        results = {protocol: evaluate(net, dm, methods=["gradcam"], protocol=protocol, teacher=reference,
+                                      progress=not args.no_progress, faithfulness=protocol == "all",
+                                      out=out / "results" / protocol / name.lower())
+                   for protocol in PROTOCOLS}
+        rows.append(_row(name, results))
+    rows.append(_row("center (baseline)", results, key="baselines"))
+    rows.append(_random_row(results["all"]))
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     (out / "table.md").write_text(_markdown(rows))
     with open(out / "table.csv", "w") as f:
-        keys = list(dict.fromkeys(COLUMNS + ALL_COLUMNS))
+        keys = list(dict.fromkeys(COLUMNS + ALL_COLUMNS + TORCHRAY_COLUMNS))
         f.write(",".join(keys) + "\n")
         for row in rows:
-            f.write(",".join("" if row[k] is None else str(row[k]) for k in keys) + "\n")
+            f.write(",".join("" if row.get(k) is None else str(row[k]) for k in keys) + "\n")
     _panels(out, dm, teacher.model, {n: m.student for n, m in students.items()}, args.panels)
     print(_markdown(rows))
     print(f"wrote {out}/table.{{csv,json,md}}, {out}/panels.png and the checkpoints "

@@ -70,16 +70,18 @@ def test_evaluate_command_missing_checkpoint(tmp_path):
 
 
 def test_quickstart_tiny_run_writes_table_panels_and_checkpoints(tmp_path):
-    rows = main(["quickstart", "--out", str(tmp_path), "--num-train", "16", "--num-test", "8", "--teacher-epochs", "1",
-                 "--student-epochs", "1", "--views", "1", "--panels", "2", "--no-progress"]) or json.loads(
-        (tmp_path / "table.json").read_text())
-    assert [r["model"] for r in rows] == ["teacher", "KD", "SSWA"]
+    assert main(["quickstart", "--out", str(tmp_path), "--num-train", "16", "--num-test", "8", "--teacher-epochs",
+                 "1", "--student-epochs", "1", "--views", "1", "--panels", "2", "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "table.json").read_text())
+    assert [r["model"] for r in rows] == ["teacher", "KD", "SSWA", "center (baseline)", "random order"]
     for name in ("table.csv", "table.json", "table.md", "panels.png", "teacher.ckpt", "student_kd.ckpt",
                  "student_sswa.ckpt"):
         assert (tmp_path / name).is_file(), name
-    assert (tmp_path / "table.md").read_text().count("| teacher |") == 2  # paper protocol, every pair
-    assert len({r["pairs (all)"] for r in rows}) == 1  # every model scored on the same pairs
-    assert all(r["pairs"] <= r["pairs (all)"] for r in rows)  # the paper's are those predicted positive
+    assert (tmp_path / "table.md").read_text().count("| teacher |") == 3  # paper, every pair, TorchRay's
+    models = rows[:4]
+    assert len({r["pairs (all)"] for r in models}) == 1  # every model (and the baseline) scored on the same pairs
+    assert all(r["pairs"] <= r["pairs (all)"] for r in models[:3])  # the paper's are those predicted positive
+    assert all(0 <= r["deletion (all)"] <= 1 and 0 <= r["insertion (all)"] <= 1 for r in models[:3] + rows[4:])
 
 
 def test_offline_wandb_run_folder_holds_scalars_images_and_table(tmp_path, monkeypatch):
