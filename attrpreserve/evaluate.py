@@ -72,6 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from attrpreserve.attribution.methods import attribute, check_method, eval_scope, get_method, predict_and_attribute
+from attrpreserve.data.common import IGNORE_INDEX
 from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
 from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
 from attrpreserve.evaluation.records import PairRecords
@@ -80,8 +81,6 @@ from attrpreserve.evaluation.rows import (
     RowMetrics, compute_quietly, faithfulness_metrics, faithfulness_values, records_of,
 )
 from attrpreserve.metrics import classification_metrics
-
-IGNORE_INDEX = 255
 
 
 @dataclass(frozen=True)

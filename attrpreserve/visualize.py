@@ -15,12 +15,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-IGNORE_INDEX = 255
+from attrpreserve.attribution.methods import minmax  # noqa: E402
+from attrpreserve.data.common import IGNORE_INDEX  # noqa: E402
+
 
 
 def _normalize(heatmap: Tensor) -> Tensor:
-    lo, hi = heatmap.min(), heatmap.max()
-    return (heatmap - lo) / (hi - lo) if hi > lo else torch.zeros_like(heatmap)
+    return minmax(heatmap[None])[0]
 
 
 def overlay(image: Tensor, heatmap: Tensor, alpha: float = 0.5) -> np.ndarray:

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attrpreserve.data.boxes import box_masks
-
-IGNORE_INDEX = 255
+from attrpreserve.data.common import IGNORE_INDEX
 SMALL_OBJECT = 0.25
 """A difficult pair's object covers less than this share of the frame (EBP)."""
 
