@@ -51,12 +51,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--student-lr", type=float, default=3e-3)
     p.add_argument("--beta", type=float, default=100.0, help="weight of the SSWA matching loss")
     p.add_argument("--views", type=int, default=8, help="cached views per training image")
+    p.add_argument("--head-pool", type=int, default=1,
+                   help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
+                        "8 flatten + linear over the 8x8 pool output (VGG16's kind of head)")
     p.add_argument("--no-cache", action="store_true", help="run the teacher online in every student step")
     p.add_argument("--panels", type=int, default=6, help="validation images in the PNG panels")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("num_train", "num_test", "teacher_epochs", "student_epochs", "views", "panels"):
+    for name in ("num_train", "num_test", "teacher_epochs", "student_epochs", "views", "panels", "head_pool"):
         if getattr(args, name) < 1:
             raise ValueError(f"Expected argument `--{name.replace('_', '-')}` to be >= 1, but got {getattr(args, name)}.")
     if args.beta < 0 or args.student_lr <= 0:
@@ -135,8 +138,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     dm = SyntheticDataModule(num_classes=4, num_train=args.num_train, num_val=200, num_test=args.num_test,
                              batch_size=32, seed=args.seed, cache_teacher=False)
     dm.setup()
-    # A global-average-pool head: learnt from scratch in a few CPU minutes (see VGG.head_pool).
-    teacher = TeacherModule(vgg_small(num_classes=4, head_pool=1), optimizer="adamw", lr=1e-3,
+    # Default: a global-average-pool head, learnt from scratch in a few CPU minutes (see VGG.head_pool);
+    # --head-pool 8 keeps the 8x8 pool output: flatten + linear, VGG16's own kind of head.
+    teacher = TeacherModule(vgg_small(num_classes=4, head_pool=args.head_pool), optimizer="adamw", lr=1e-3,
                             milestones=(max(1, int(args.teacher_epochs * 0.75)),))
     print(f"[1/4] teacher: vgg_small, {args.teacher_epochs} epochs on {args.num_train} synthetic images")
     trainer = _trainer(args, out, "teacher", args.teacher_epochs, [])
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    batch_size=32, seed=args.seed, cache_teacher=not args.no_cache, cache_views=args.views,
                                    cache_dir=str(cache_dir), cache_seed=args.seed)
         module = DistillationModule(teacher.model, vgg_small(num_classes=4, width_divisor=args.student_divisor,
-                                                             head_pool=1),
+                                                             head_pool=args.head_pool),
                                     optimizer="adamw", lr=args.student_lr,
                                     milestones=(max(1, int(args.student_epochs * 0.75)),))
         trainer = _trainer(args, out, name.lower(), args.student_epochs, callbacks)
