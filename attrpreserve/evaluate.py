@@ -71,7 +71,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from attrpreserve.attribution.methods import attribute, check_method, eval_scope, get_method, predict_and_attribute
+from attrpreserve.attribution.methods import attribute, check_method, get_method, predict_and_attribute
+from attrpreserve.attribution.methods import attribution_scope as eval_scope  # renamed; call sites keep the name
 from attrpreserve.data.common import IGNORE_INDEX
 from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
 from attrpreserve.evaluation.per_class import per_class_rows, write_per_class

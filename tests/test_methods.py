@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -289,8 +291,8 @@ def test_works_inside_inference_mode(net, images, method):
 
 
 def test_registry_and_custom_methods(net, images, monkeypatch):
-    monkeypatch.setattr("attrpreserve.attribution.methods.METHODS", dict(METHODS))
-    from attrpreserve.attribution import methods
+    monkeypatch.setattr("attrpreserve.attribution.registry.METHODS", dict(METHODS))
+    from attrpreserve.attribution import registry
 
     with pytest.raises(ValueError, match="already|registered"):
         register_method("gradcam", lambda *a, **k: None)
@@ -299,7 +301,48 @@ def test_registry_and_custom_methods(net, images, monkeypatch):
     got = attribute(net, images, CLASSES, "first_channel", image_index=IMAGE_INDEX)
     torch.testing.assert_close(got, images[IMAGE_INDEX, 0] * (CLASSES[:, None, None] + 1))
     register_layer_method("act_sum", lambda a, g: a.sum(dim=1), needs_grad=False, default_layer="conv5_3")
-    assert "act_sum" in methods.METHODS and methods.METHODS["act_sum"].layer_rule is not None
+    assert "act_sum" in registry.METHODS and registry.METHODS["act_sum"].layer_rule is not None
     with pytest.raises(ValueError, match="return"):
         register_method("bad", lambda model, images, image_index, classes, *, layer=None: images[:, 0, 0])
         attribute(net, images, CLASSES, "bad", image_index=IMAGE_INDEX)
+
+
+def test_attribution_scope_turns_grad_on_and_eval_scope_is_a_deprecated_alias(monkeypatch):
+    from attrpreserve.attribution import methods
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    with torch.no_grad(), methods.attribution_scope(net):
+        assert torch.is_grad_enabled() and not net.training and not net[0].weight.requires_grad
+    assert net.training and net[0].weight.requires_grad
+    monkeypatch.setattr(methods, "_EVAL_SCOPE_WARNED", False)
+    with pytest.warns(DeprecationWarning, match="attribution_scope"):
+        with methods.eval_scope(net):
+            assert torch.is_grad_enabled() and not net.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        with methods.eval_scope(net):
+            pass
+    assert net.training
+
+
+class _Twice(nn.Module):
+    """Runs its ReLU twice per forward; a layer method cannot attribute to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act, self.head = nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.act(self.conv(x))).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "ewa"])
+def test_layer_methods_reject_layers_that_run_twice_or_never(method, images):
+    net = _Twice().double()
+    with pytest.raises(ValueError, match="more than once"):
+        attribute(net, images, [0, 1, 0], method, layer="act")
+    unused = nn.ModuleDict({"used": nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                                  nn.Flatten(), nn.Linear(2, 2)), "spare": nn.ReLU()}).double()
+    unused.forward = unused["used"].forward
+    with pytest.raises(ValueError, match="did not run"):
+        attribute(unused, images, [0, 1, 0], method, layer="spare")

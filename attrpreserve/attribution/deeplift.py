@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attrpreserve.attribution.registry import _check_chunk, _chunked, _no_layer
+
 RULES = ("rescale", "reveal_cancel")
+DEEPLIFT_BACKENDS = ("attrpreserve", "captum")
 
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus)
 _POSITIVE_LINEAR = (
@@ -134,6 +137,53 @@ def deeplift(
             mp, mn = _backward(name, layer, state, nxt, mp, mn, rule, eps)
         first = states[0]
         return mp * first.dp + mn * first.dn
+
+
+# -- the ``deeplift`` and ``deeplift_rc`` methods of ``attribute`` ------------------------------------------
+def deeplift_map(model: nn.Module, images: Tensor, image_index: Tensor, classes: Tensor, *, layer: str | None = None,
+                 backend: str = "attrpreserve", internal_batch_size: int | None = None) -> Tensor:
+    """DeepLIFT, rescale rule, zero baseline: the ``deeplift`` method of
+    :func:`~attrpreserve.attribution.methods.attribute`, ``[N, H, W]`` summed over colour.
+
+    ``backend="attrpreserve"`` (default) is :func:`deeplift`, exact summation-to-delta;
+    ``backend="captum"`` is captum's ``DeepLift``
+    (:func:`~attrpreserve.attribution.captum_methods.captum_deeplift`).
+
+    Raises:
+        ValueError: a layer is given, a bad ``backend`` or ``internal_batch_size``, an unsupported model.
+    """
+    if backend not in DEEPLIFT_BACKENDS:
+        raise ValueError(f"Expected argument `backend` to be one of {DEEPLIFT_BACKENDS}, but got {backend!r}.")
+    if backend == "captum":
+        from attrpreserve.attribution.captum_methods import captum_deeplift
+
+        _no_layer("deeplift", layer)
+        _check_chunk(internal_batch_size)
+        return captum_deeplift(model, images[image_index], classes, internal_batch_size)
+    return _own_deeplift_map("deeplift", "rescale", model, images, image_index, classes, layer, internal_batch_size)
+
+
+def deeplift_rc_map(model: nn.Module, images: Tensor, image_index: Tensor, classes: Tensor, *,
+                    layer: str | None = None, internal_batch_size: int | None = None) -> Tensor:
+    """DeepLIFT with the reveal-cancel rule, zero baseline: the ``deeplift_rc`` method of
+    :func:`~attrpreserve.attribution.methods.attribute`, ``[N, H, W]`` summed over colour.
+
+    Raises:
+        ValueError: a layer is given, a bad ``internal_batch_size``, an unsupported model.
+    """
+    return _own_deeplift_map("deeplift_rc", "reveal_cancel", model, images, image_index, classes, layer,
+                             internal_batch_size)
+
+
+def _own_deeplift_map(method: str, rule: str, model: nn.Module, images: Tensor, image_index: Tensor,
+                      classes: Tensor, layer: str | None, internal_batch_size: int | None) -> Tensor:
+    _no_layer(method, layer)
+    _check_chunk(internal_batch_size)
+
+    def one_chunk(x: Tensor, target: Tensor) -> Tensor:
+        return deeplift(model, x, target, baseline=None, rule=rule).sum(dim=1)
+
+    return _chunked(one_chunk, images[image_index], classes, internal_batch_size)
 
 
 # -- model walking --------------------------------------------------------------------------------
@@ -356,3 +406,6 @@ def _maxpool_multiplier(layer: nn.Module, s: _State, out: _State, mp: Tensor, mn
 
     delta = (s.x - s.x0).flatten(2)
     return _safe_ratio(routed, delta, grad, eps).view_as(s.x)
+
+
+__all__ = ["DEEPLIFT_BACKENDS", "RULES", "deeplift", "deeplift_map", "deeplift_rc_map"]

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attrpreserve.attribution.registry import _check_chunk, _chunked, _no_layer
+
 _PASS = (nn.ReLU, nn.Dropout, nn.Flatten, nn.Identity)
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -234,17 +236,11 @@ def rap_map(model: nn.Module, images: Tensor, image_index: Tensor, classes: Tens
     Raises:
         ValueError: a layer is given, a bad ``internal_batch_size``, or a model :func:`rap` rejects.
     """
-    if layer is not None:
-        raise ValueError(f"Expected argument `layer` to be None for method 'rap', which attributes to the input, "
-                         f"but got {layer!r}.")
-    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
-                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise ValueError(f"Expected argument `internal_batch_size` to be a positive int or None, but got "
-                         f"{internal_batch_size!r}.")
-    size = internal_batch_size or image_index.numel()
-    chunks = [rap(model, images[image_index[i:i + size]], classes[i:i + size]).sum(dim=1)
-              for i in range(0, image_index.numel(), size)]
-    return torch.cat(chunks)
+    _no_layer("rap", layer)
+    _check_chunk(internal_batch_size)
+    # chunk the pair indices, so only one chunk of repeated images exists at a time
+    return _chunked(lambda index, target: rap(model, images[index], target).sum(dim=1), image_index, classes,
+                    internal_batch_size)
 
 
 __all__ = ["rap", "rap_map"]
