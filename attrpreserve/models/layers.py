@@ -1,4 +1,11 @@
-"""Resolve attribution-layer names (``pool5``, ``conv5_3`` or dotted module names) to modules."""
+"""Resolve attribution-layer names (``pool5``, ``conv5_3`` or dotted module names) to modules.
+
+A model names its attribution layers in ``attribution_layers`` (name -> dotted module name). On
+our VGGs ``pool5`` and ``conv5_3`` are aliases for a role, whatever the depth: ``pool5`` is the
+last max-pool and ``conv5_3`` the ReLU after the last conv (on the three-block ``vgg_small``
+they are ``pool3`` and ``conv3_2``; see :mod:`attrpreserve.models.vgg`). A dotted name from
+``named_modules()`` works on any model.
+"""
 
 from __future__ import annotations
 
@@ -15,14 +22,19 @@ def layer_names(model: nn.Module) -> dict[str, str]:
 def resolve_layer_name(model: nn.Module, layer: str | None) -> str:
     """Return the dotted module name for an alias, a dotted name, or ``None`` (the model default).
 
+    ``"pool5"`` and ``"conv5_3"`` resolve to the last max-pool and the last conv's ReLU of any of
+    our VGGs (on ``vgg_small``, ``pool3`` and ``conv3_2``).
+
     Raises:
         ValueError: the name is neither an alias of the model nor one of its modules; the
             message lists the aliases.
 
     Example:
         >>> from attrpreserve.models import vgg_small
-        >>> resolve_layer_name(vgg_small(), "pool5")
+        >>> resolve_layer_name(vgg_small(), "pool5")  # vgg_small's last pool, pool3
         'features.14'
+        >>> resolve_layer_name(vgg_small(), "conv5_3") == resolve_layer_name(vgg_small(), "conv3_2")
+        True
     """
     aliases = layer_names(model)
     if layer is None:

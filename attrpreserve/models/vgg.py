@@ -4,6 +4,18 @@ Module names follow torchvision's ``vgg16_bn`` (``features.N``, ``classifier``),
 state-dict file for ``vgg16_bn`` loads into ``vgg16(weights=PATH)`` with the head replaced.
 ReLUs are built with ``inplace=False`` so a captured activation is never overwritten, and so
 captum/zennit hooks see distinct tensors.
+
+Layer names. Every model names its layers after VGG16's scheme, counted in its own plan:
+``conv{block}_{i}`` is the ReLU after the ``i``-th conv of block ``block``, ``pool{block}`` the
+max-pool ending the block. Two **aliases** mean a *role*, not a position, on every depth:
+
+- ``pool5``: the last max-pool (VGG16: ``pool5`` itself; ``vgg_small``: ``pool3``), the
+  paper's matching layer and the default attribution layer;
+- ``conv5_3``: the ReLU after the last conv (VGG16: ``conv5_3`` itself; ``vgg_small``:
+  ``conv3_2``), Grad-CAM's usual layer.
+
+So ``vgg_small`` has no fifth block, yet ``"pool5"``/``"conv5_3"`` work on it and name the same
+role as on the teacher; a config or a paper table that says ``pool5`` means "the last pool".
 """
 
 from __future__ import annotations
@@ -48,8 +60,9 @@ class VGG(nn.Module):
     Attributes:
         feature_info: one entry per named attribution layer: ``name`` (``conv1_1`` ... ``pool5``),
             ``module`` (dotted module name), ``num_chs`` and ``reduction`` (input stride).
-        attribution_layers: alias -> dotted module name; ``pool5`` and ``conv5_3`` always name
-            the last max-pool and the last conv's ReLU, whatever the depth.
+        attribution_layers: name -> dotted module name: every ``feature_info`` name, plus the
+            aliases ``pool5`` (the last max-pool) and ``conv5_3`` (the last conv's ReLU), which
+            name those roles whatever the depth (on ``vgg_small``: ``pool3`` and ``conv3_2``).
         default_attribution_layer: ``"pool5"``, where the paper matches maps.
         config: the constructor arguments (minus ``weights``), enough to rebuild the model.
 
@@ -214,9 +227,17 @@ def vgg_small(
 ) -> VGG:
     """A three-block VGG-BN for 64 px CPU runs (tests, quickstart); same naming as ``vgg16``.
 
+    Its blocks are numbered 1 to 3 (``conv3_2``, ``pool3`` are its last layers); the aliases
+    ``pool5`` and ``conv5_3`` still work and mean the last max-pool and the last conv's ReLU
+    (see the module docstring), so code and configs written for the teacher run unchanged.
+
     Example:
-        >>> vgg_small(num_classes=4)(torch.zeros(1, 3, 64, 64)).shape
+        >>> net = vgg_small(num_classes=4)
+        >>> net(torch.zeros(1, 3, 64, 64)).shape
         torch.Size([1, 4])
+        >>> layers = net.attribution_layers
+        >>> layers["pool5"] == layers["pool3"], layers["conv5_3"] == layers["conv3_2"]
+        (True, True)
     """
     return VGG("vgg_small", num_classes=num_classes, width_divisor=width_divisor,
                batch_norm=batch_norm, weights=weights, **kwargs)
