@@ -1,10 +1,21 @@
-"""Distillation losses (multi-label sigmoid KD, softmax KD) and the normalised map-matching loss."""
+"""Distillation losses (multi-label sigmoid KD, softmax KD) and the normalised map-matching loss.
+
+Every loss is computed in float32, whatever the dtype of its inputs: under mixed precision
+(``torch.autocast`` with bf16 or fp16) logits and maps arrive in half precision, and a sigmoid
+KL, an L2 normalisation or a mean of squared differences in bf16 would lose most of the signal.
+The casts are explicit and differentiable (float64 inputs stay float64).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a half type (bf16, fp16), else unchanged; differentiable."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _check_temperature(temperature: float) -> None:
@@ -22,7 +33,7 @@ def multilabel_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperatu
         0.0
     """
     _check_temperature(temperature)
-    s, t = student_logits / temperature, teacher_logits.detach() / temperature
+    s, t = full_precision(student_logits) / temperature, full_precision(teacher_logits.detach()) / temperature
     p_t = torch.sigmoid(t)
     # log p and log(1-p) via logsigmoid: finite for any logit.
     kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
@@ -38,8 +49,8 @@ def softmax_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature:
         0.0
     """
     _check_temperature(temperature)
-    log_s = F.log_softmax(student_logits / temperature, dim=1)
-    log_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
+    log_s = F.log_softmax(full_precision(student_logits) / temperature, dim=1)
+    log_t = F.log_softmax(full_precision(teacher_logits.detach()) / temperature, dim=1)
     return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
 
 
@@ -47,7 +58,8 @@ def matching_loss(student_map: Tensor, teacher_map: Tensor) -> Tensor:
     """Normalised map matching: flatten each map, L2-normalise, mean of squared differences.
 
     The student map is resized (bilinear) to the teacher's when their sizes differ. All-zero maps
-    normalise to zero (no NaN, finite gradients).
+    normalise to zero (no NaN, finite gradients). Computed in float32 (half-precision maps are
+    cast first, outside any autocast region).
 
     Args:
         student_map: ``[B, 1, h, w]``.
@@ -69,8 +81,11 @@ def matching_loss(student_map: Tensor, teacher_map: Tensor) -> Tensor:
         raise ValueError(
             f"Expected maps with the same batch size, but got {student_map.shape[0]} and {teacher_map.shape[0]}."
         )
-    if student_map.shape[-2:] != teacher_map.shape[-2:]:
-        student_map = F.interpolate(student_map, size=teacher_map.shape[-2:], mode="bilinear", align_corners=False)
-    s = F.normalize(student_map.flatten(1), p=2, dim=1)
-    t = F.normalize(teacher_map.detach().flatten(1).to(s.dtype), p=2, dim=1)
-    return (t - s).pow(2).mean()
+    student_map = full_precision(student_map)
+    with torch.autocast(student_map.device.type, enabled=False):
+        if student_map.shape[-2:] != teacher_map.shape[-2:]:
+            student_map = F.interpolate(student_map, size=teacher_map.shape[-2:], mode="bilinear",
+                                        align_corners=False)
+        s = F.normalize(student_map.flatten(1), p=2, dim=1)
+        t = F.normalize(teacher_map.detach().flatten(1).to(s.dtype), p=2, dim=1)
+        return (t - s).pow(2).mean()

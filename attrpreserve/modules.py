@@ -248,6 +248,8 @@ class _ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if logits.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the loss in fp32
+            logits = logits.float()
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return F.cross_entropy(logits, labels.argmax(dim=1))
@@ -362,6 +364,15 @@ class DistillationModule(_ClassifierModule):
             :class:`NonFiniteLossError` naming the term(s) and the step (``"raise"``), or is
             skipped (no optimiser step) and counted in ``train/skipped_steps`` (``"skip"``;
             single process: a rank skipping alone would desynchronise DDP).
+        channels_last: store both networks' convolution weights, and feed their inputs, in
+            ``torch.channels_last`` memory format (faster convolutions on recent GPUs, above all
+            under ``precision="bf16-mixed"``/``"16-mixed"``); results are unchanged up to float
+            rounding.
+
+    Mixed precision: with ``Trainer(precision="bf16-mixed")`` (or ``"16-mixed"`` on a GPU, with
+    Lightning's gradient scaler) both networks, the teacher's head gradient and the student's
+    double backward run under autocast; the task, KD and matching losses, the attribution maps
+    and the metrics are computed in float32 from explicit casts.
 
     Raises:
         ValueError: unknown ``kd``/``task``, ``temperature <= 0``, ``alpha`` outside [0, 1],
@@ -388,8 +399,11 @@ class DistillationModule(_ClassifierModule):
         teacher_weights: str | None = None,
         student_weights: str | None = None,
         on_recipe_change: str = "raise",
+        channels_last: bool = False,
     ) -> None:
         teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
+        if not isinstance(channels_last, bool):
+            raise ValueError(f"Expected argument `channels_last` to be a bool, but got {channels_last!r}.")
         sources = {role: _load_role_weights(net, path, role)
                    for role, net, path in (("teacher", teacher, teacher_weights), ("student", student, student_weights))}
         if nonfinite not in NONFINITE:
@@ -412,6 +426,10 @@ class DistillationModule(_ClassifierModule):
         self.student = student
         self.teacher.requires_grad_(False)
         self.teacher.eval()
+        self.channels_last = channels_last
+        if channels_last:  # 4-D weights only; .to(device) and load_state_dict keep the format
+            self.teacher.to(memory_format=torch.channels_last)
+            self.student.to(memory_format=torch.channels_last)
         self.save_hyperparameters(ignore=["teacher", "student"])
         # The files were read once; a checkpoint carries the weights, so loading it must not
         # look for the files again (they may not exist where it is loaded): keep provenance only.
@@ -451,7 +469,13 @@ class DistillationModule(_ClassifierModule):
         return [p for p in self.student.parameters() if p.requires_grad]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.student(x)
+        return self.student(self._images(x))
+
+    def _images(self, images: Tensor) -> Tensor:
+        """The input batch in the networks' memory format (``channels_last``)."""
+        if self.channels_last and images.ndim == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -512,11 +536,12 @@ class DistillationModule(_ClassifierModule):
         t_layers = sorted({layer for t in terms for layer in t.teacher_layers})
         s_layers = sorted({layer for t in terms for layer in t.student_layers})
         grad = any(t.teacher_grad for t in terms)
+        images = self._images(batch["image"])
         if "teacher_logits" in batch:
             teacher = self.forward_teacher_cached(batch, t_layers, grad=grad)
         else:
-            teacher = self.forward_teacher(batch["image"], t_layers, grad=grad)
-        student = self.forward_student(batch["image"], s_layers)
+            teacher = self.forward_teacher(images, t_layers, grad=grad)
+        student = self.forward_student(images, s_layers)
         return teacher, student
 
     def compute_losses(

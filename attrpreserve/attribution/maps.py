@@ -2,6 +2,11 @@
 
 All maps are ``[B, 1, H, W]`` and differentiable in their inputs: the student's SWA map is
 built from a gradient taken with ``create_graph=True``, so the matching loss trains through it.
+
+Mixed precision: under ``torch.autocast`` (``precision="bf16-mixed"``/``"16-mixed"``) the
+features and gradients arrive in bf16/fp16; every map is computed in fp32 from an explicit
+(differentiable) cast, so the sum over positions of the channel weights and the sum over
+channels do not lose the map to half-precision rounding. Maps are float32 (float64 stays float64).
 """
 
 from __future__ import annotations
@@ -14,6 +19,16 @@ from torch import Tensor
 def _check_features(features: Tensor, name: str = "features") -> None:
     if features.ndim != 4:
         raise ValueError(f"Expected argument `{name}` to be [B, C, H, W], but got shape {tuple(features.shape)}.")
+
+
+def full_precision(t: Tensor) -> Tensor:
+    """``t`` in float32 when it is a half type (bf16, fp16), else unchanged; differentiable.
+
+    Example:
+        >>> full_precision(torch.ones(1, dtype=torch.bfloat16)).dtype, full_precision(torch.ones(1)).dtype
+        (torch.float32, torch.float32)
+    """
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def ewa_map(features: Tensor) -> Tensor:
@@ -30,13 +45,13 @@ def ewa_map(features: Tensor) -> Tensor:
         tensor([[[[5., 2.]]]])
     """
     _check_features(features)
-    return features.pow(2).mean(dim=1, keepdim=True)
+    return full_precision(features).pow(2).mean(dim=1, keepdim=True)
 
 
 def channel_weights(grads: Tensor) -> Tensor:
     """SWA channel weights ``w_c = sum_hw dy/dA_c[h, w]`` as ``[B, C, 1, 1]``."""
     _check_features(grads, "grads")
-    return grads.sum(dim=(2, 3), keepdim=True)
+    return full_precision(grads).sum(dim=(2, 3), keepdim=True)
 
 
 def swa_map(features: Tensor, grads: Tensor) -> Tensor:
@@ -62,7 +77,7 @@ def swa_map(features: Tensor, grads: Tensor) -> Tensor:
         raise ValueError(
             f"Expected `grads` to have the shape of `features` {tuple(features.shape)}, but got {tuple(grads.shape)}."
         )
-    return F.relu((channel_weights(grads) * features).sum(dim=1, keepdim=True))
+    return F.relu((channel_weights(grads) * full_precision(features)).sum(dim=1, keepdim=True))
 
 
 def channel_keep_mask(
@@ -119,6 +134,7 @@ def sswa_map(
             f"Expected `grads` to have the shape of `features` {tuple(features.shape)}, but got {tuple(grads.shape)}."
         )
     keep = channel_keep_mask(features.shape[1], drop_prob, features.shape[0], per_sample, generator, features.device)
+    features = full_precision(features)
     weights = channel_weights(grads) * keep.to(features.dtype)
     return F.relu((weights * features).sum(dim=1, keepdim=True))
 

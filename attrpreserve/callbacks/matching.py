@@ -67,8 +67,9 @@ class MatchingTerm:
         if self.mode == "ewa" or self.target == "teacher_top1":
             classes = self.target_classes(batch, teacher)
             return self._maps(teacher, t_feat, classes, True).detach(), self._maps(student, s_feat, classes, False)
-        # target="labels": mean of the maps of each image's ground-truth classes.
-        labels = batch["labels"].to(t_feat.dtype)
+        # target="labels": mean of the maps of each image's ground-truth classes (maps and their
+        # weights in fp32 under mixed precision: see attrpreserve.attribution.maps).
+        labels = batch["labels"].to(torch.promote_types(t_feat.dtype, torch.float32))
         top1 = self.target_classes(batch, teacher)
         has_label = labels.sum(dim=1) > 0
         weights = torch.where(has_label[:, None], labels, torch.nn.functional.one_hot(top1, labels.shape[1]).to(labels))
