@@ -434,3 +434,41 @@ def test_validate_args_false_skips_checks_but_computes_the_same():
     fast_auc = MaskAUROC(validate_args=False)
     fast_auc.update(heat, loose_masks, ignore=loose_ignore)
     assert fast_auc.compute() == mask_auroc(heat, masks, ignore)
+
+
+# ----------------------------------------------------------------------------- plot()
+
+
+def _plot_cases():
+    from attrpreserve.metrics import EnergyPointingGame, TorchRayPointingGame
+
+    heat, masks = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    classes = torch.tensor([0, 1, 0, 1])
+    preds, target = torch.rand(4, 3), torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+    return [
+        (PointingGame(), (heat, masks)),
+        (MaskAUROC(), (heat, masks)),
+        (EnergyPointingGame(), (heat, masks)),
+        (TorchRayPointingGame(num_classes=2, tolerance=2), (heat, masks, classes)),
+        (MapSimilarity(), (heat, heat.flip(-1))),
+        (PerImageAveragePrecision(num_labels=3), (preds, target)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_plot_returns_a_figure_within_the_bounds(index):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, batch = _plot_cases()[index]
+    values = [metric(*batch) for _ in range(3)]
+    for val in (None, values):  # compute(), and a series of forward() results
+        fig, ax = metric.plot(val)
+        assert isinstance(fig, matplotlib.figure.Figure) and ax.figure is fig and ax.lines
+        if metric.plot_lower_bound is not None:
+            low, high = ax.get_ylim()
+            assert low <= metric.plot_lower_bound and high >= metric.plot_upper_bound
+        plt.close(fig)

@@ -5,7 +5,9 @@ Localisation against masks: ``PointingGame``, ``TorchRayPointingGame`` (TorchRay
 ``MapSimilarity``; prediction: ``PerImageAveragePrecision`` and ``classification_metrics``
 (per-class mAP, per-image mAP, F1). The functional forms (``pointing_game``, ``mask_auroc``,
 ``map_similarity``, ``per_image_average_precision``) live in ``attrpreserve.metrics.functional``,
-as in torchmetrics.
+as in torchmetrics, and share one heatmap/mask validation (``functional/_checks.py``). Every
+class has torchmetrics' ``plot()`` (``metric.plot()`` or ``metric.plot([values...])`` returns
+``(figure, axes)``; scores in [0, 1] are drawn between those bounds).
 """
 
 from attrpreserve.metrics.energy_pointing import EnergyPointingGame

@@ -4,18 +4,21 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
-from attrpreserve.metrics.functional._checks import _check_validate_args
+from attrpreserve.metrics._base import UnitScoreMetric
+from attrpreserve.metrics.functional._checks import (
+    _check_maps_and_masks,
+    _check_validate_args,
+    _flat_maps_and_masks,
+)
 from attrpreserve.metrics.functional.energy_pointing import (
     _energy_pointing_arg_validation,
     _energy_pointing_compute,
     _energy_pointing_update,
 )
-from attrpreserve.metrics.functional.mask_auroc import _mask_auroc_format, _mask_auroc_tensor_validation
 
 
-class EnergyPointingGame(Metric):
+class EnergyPointingGame(UnitScoreMetric):
     """Mean share of each map's positive energy that lies on its object (Score-CAM's energy-based
     pointing game; zero-energy maps score 0, as in Rao et al., ICCV 2023).
 
@@ -44,12 +47,6 @@ class EnergyPointingGame(Metric):
         tensor(0.5000)
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
     energy_sum: Tensor
     count: Tensor
     num_skipped: Tensor
@@ -66,12 +63,10 @@ class EnergyPointingGame(Metric):
     def update(self, heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None) -> None:
         """Add a batch of maps (see the class docstring for shapes)."""
         if self.validate_args:
-            _mask_auroc_tensor_validation(heatmaps, masks, ignore)
-        scores, masks, ignore = _mask_auroc_format(heatmaps, masks, ignore)
+            _check_maps_and_masks(heatmaps, masks, ignore)
+        scores, masks, ignore = _flat_maps_and_masks(heatmaps, masks, ignore)
         energy_sum, count, skipped = _energy_pointing_update(scores, masks, ignore)
-        self.energy_sum += energy_sum
-        self.count += count
-        self.num_skipped += skipped
+        self._add_to_states(energy_sum=energy_sum, count=count, num_skipped=skipped)
 
     def compute(self) -> Tensor:
         """Mean energy share over all maps counted since the last reset."""

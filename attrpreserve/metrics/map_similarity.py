@@ -4,8 +4,8 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from attrpreserve.metrics._base import PlottableMetric
 from attrpreserve.metrics.functional._checks import _check_validate_args
 from attrpreserve.metrics.functional.map_similarity import (
     _map_similarity_arg_validation,
@@ -16,7 +16,7 @@ from attrpreserve.metrics.functional.map_similarity import (
 )
 
 
-class MapSimilarity(Metric):
+class MapSimilarity(PlottableMetric):
     """Mean cosine similarity and mean L2 distance of student maps to teacher maps.
 
     The paper's "Cos" and "l2" columns. Each map is flattened and normalised on its own; ``cos``
@@ -91,9 +91,7 @@ class MapSimilarity(Metric):
             _map_similarity_tensor_validation(student_maps, teacher_maps)
         student, teacher = _map_similarity_format(student_maps, teacher_maps)
         cos_sum, l2_sum, count = _map_similarity_update(student, teacher, self.normalize)
-        self.cos_sum += cos_sum
-        self.l2_sum += l2_sum
-        self.count += count
+        self._add_to_states(cos_sum=cos_sum, l2_sum=l2_sum, count=count)
 
     def compute(self) -> dict[str, Tensor]:
         """Mean cosine similarity and mean L2 distance over all maps since the last reset."""

@@ -4,8 +4,8 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from attrpreserve.metrics._base import UnitScoreMetric
 from attrpreserve.metrics.functional._checks import _check_validate_args
 from attrpreserve.metrics.functional.mask_auroc import (
     _mask_auroc_arg_validation,
@@ -16,7 +16,7 @@ from attrpreserve.metrics.functional.mask_auroc import (
 )
 
 
-class MaskAUROC(Metric):
+class MaskAUROC(UnitScoreMetric):
     """Pixel ROC-AUC of each heatmap against its object mask, averaged over maps.
 
     Each map's AUC is exact (average ranks for ties, as sklearn's ``roc_auc_score``), computed
@@ -59,12 +59,6 @@ class MaskAUROC(Metric):
         (tensor(0.8750), tensor(1))
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
     auc_sum: Tensor
     count: Tensor
     num_skipped: Tensor
@@ -92,9 +86,7 @@ class MaskAUROC(Metric):
             _mask_auroc_tensor_validation(heatmaps, masks, ignore)
         scores, masks, ignore = _mask_auroc_format(heatmaps, masks, ignore)
         auc_sum, count, num_skipped = _mask_auroc_update(scores, masks, ignore, self.normalize)
-        self.auc_sum += auc_sum
-        self.count += count
-        self.num_skipped += num_skipped
+        self._add_to_states(auc_sum=auc_sum, count=count, num_skipped=num_skipped)
 
     def compute(self) -> Tensor:
         """Mean AUC over all maps counted since the last reset."""

@@ -4,8 +4,8 @@ from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from attrpreserve.metrics._base import UnitScoreMetric
 from attrpreserve.metrics.functional._checks import _check_validate_args
 from attrpreserve.metrics.functional.pointing_game import (
     _pointing_game_arg_validation,
@@ -16,7 +16,7 @@ from attrpreserve.metrics.functional.pointing_game import (
 )
 
 
-class PointingGame(Metric):
+class PointingGame(UnitScoreMetric):
     """Pointing-game hit rate: the share of heatmaps whose maximum falls on the object.
 
     A map scores a hit when its maximum lies in the mask, or when some mask pixel lies at a
@@ -70,12 +70,6 @@ class PointingGame(Metric):
         tensor(1.)
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
     hits: Tensor
     count: Tensor
     num_skipped: Tensor
@@ -115,9 +109,7 @@ class PointingGame(Metric):
         hits, count, num_skipped = _pointing_game_update(
             heatmaps, masks, classes, ignore, self.tolerance, self.num_classes
         )
-        self.hits += hits
-        self.count += count
-        self.num_skipped += num_skipped
+        self._add_to_states(hits=hits, count=count, num_skipped=num_skipped)
 
     def compute(self) -> Tensor:
         """Hit rate over all maps counted since the last reset."""

@@ -21,6 +21,7 @@ from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1
 from torchmetrics.functional.classification import multilabel_average_precision
 from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 
+from attrpreserve.metrics._base import UnitScoreMetric
 from attrpreserve.metrics.functional._checks import _check_validate_args
 from attrpreserve.metrics.functional.per_image_ap import (
     _per_image_ap_arg_validation,
@@ -44,6 +45,12 @@ def _check_class_names(class_names: Optional[Sequence[str]], num_labels: int) ->
     return tuple(class_names)
 
 
+def _check_present_class_args(num_labels: int, class_names: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
+    """Check ``num_labels`` and ``class_names`` before torchmetrics does; the names as a tuple."""
+    _per_image_ap_arg_validation(num_labels)
+    return _check_class_names(class_names, num_labels)
+
+
 def _positives_update(target: Tensor) -> Tensor:
     """Positive targets per class of one batch, ``(num_labels,)`` int64."""
     return (target == 1).sum(dim=0).long()
@@ -55,6 +62,12 @@ class _AbsentClassWarning:
     def __init__(self, what: str, class_names: Optional[tuple[str, ...]]) -> None:
         self.what, self.class_names = what, class_names
         self.warned: set[tuple[int, ...]] = set()
+
+    @classmethod
+    def attach(cls, metric: Metric, class_names: Optional[tuple[str, ...]], warn_absent: bool) -> None:
+        """Give ``metric`` its ``class_names``, ``warn_absent`` and a warning named after its class."""
+        metric.class_names, metric.warn_absent = class_names, warn_absent
+        metric._warn = cls(type(metric).__name__, class_names)
 
     def __call__(self, present: Tensor) -> None:
         absent = tuple(torch.nonzero(~present).flatten().tolist())
@@ -121,11 +134,9 @@ class PresentClassAveragePrecision(MultilabelAveragePrecision):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        _per_image_ap_arg_validation(num_labels)
-        names = _check_class_names(class_names, num_labels)
+        names = _check_present_class_args(num_labels, class_names)
         super().__init__(num_labels, average=None, thresholds=None, validate_args=validate_args, **kwargs)
-        self.class_names, self.warn_absent = names, warn_absent
-        self._warn = _AbsentClassWarning(type(self).__name__, names)
+        _AbsentClassWarning.attach(self, names, warn_absent)
         self.add_state("positives", torch.zeros(num_labels, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
@@ -191,11 +202,9 @@ class PresentClassF1Score(MultilabelF1Score):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        _per_image_ap_arg_validation(num_labels)
-        names = _check_class_names(class_names, num_labels)
+        names = _check_present_class_args(num_labels, class_names)
         super().__init__(num_labels, threshold=threshold, average=None, validate_args=validate_args, **kwargs)
-        self.class_names, self.warn_absent = names, warn_absent
-        self._warn = _AbsentClassWarning(type(self).__name__, names)
+        _AbsentClassWarning.attach(self, names, warn_absent)
 
     def compute(self) -> Tensor:
         """Mean F1 over the classes with at least one positive target since the last reset."""
@@ -258,7 +267,7 @@ class PresentClassCount(Metric):
         return (self.positives > 0).sum()
 
 
-class PerImageAveragePrecision(Metric):
+class PerImageAveragePrecision(UnitScoreMetric):
     """Mean over images of the average precision of ranking each image's labels by score.
 
     Equal to averaging sklearn's ``average_precision_score(target[i], preds[i])`` over the images
@@ -298,12 +307,6 @@ class PerImageAveragePrecision(Metric):
         (tensor(0.9167), tensor(1))
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
     ap_sum: Tensor
     count: Tensor
     num_skipped: Tensor
@@ -330,9 +333,7 @@ class PerImageAveragePrecision(Metric):
         if self.validate_args:
             _per_image_ap_tensor_validation(preds, target, self.num_labels)
         ap_sum, count, num_skipped = _per_image_ap_update(preds, target)
-        self.ap_sum += ap_sum
-        self.count += count
-        self.num_skipped += num_skipped
+        self._add_to_states(ap_sum=ap_sum, count=count, num_skipped=num_skipped)
 
     def compute(self) -> Tensor:
         """Mean AP over all images counted since the last reset."""

@@ -4,8 +4,8 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from attrpreserve.metrics._base import UnitScoreMetric
 from attrpreserve.metrics.functional._checks import _check_validate_args
 from attrpreserve.metrics.functional.pointing_game import _pointing_game_format, _pointing_game_tensor_validation
 from attrpreserve.metrics.functional.torchray_pointing import (
@@ -16,7 +16,7 @@ from attrpreserve.metrics.functional.torchray_pointing import (
 )
 
 
-class TorchRayPointingGame(Metric):
+class TorchRayPointingGame(UnitScoreMetric):
     """TorchRay's pointing game: a hit within ``tolerance`` px (strictly), per-class accuracy,
     mean over **all** ``num_classes`` classes (see :mod:`attrpreserve.metrics.functional.torchray_pointing`).
 
@@ -49,12 +49,6 @@ class TorchRayPointingGame(Metric):
         tensor([0.5000, 0.0000], dtype=torch.float64)
     """
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-    plot_lower_bound = 0.0
-    plot_upper_bound = 1.0
-
     hits: Tensor
     count: Tensor
     num_skipped: Tensor
@@ -75,9 +69,7 @@ class TorchRayPointingGame(Metric):
         heatmaps, masks, ignore = _pointing_game_format(heatmaps, masks, ignore)
         hits, count, skipped = _torchray_pointing_game_update(
             heatmaps, masks, classes, ignore, self.tolerance, self.num_classes)
-        self.hits += hits
-        self.count += count
-        self.num_skipped += skipped
+        self._add_to_states(hits=hits, count=count, num_skipped=skipped)
 
     def compute(self) -> Tensor:
         """Mean per-class accuracy over all classes."""

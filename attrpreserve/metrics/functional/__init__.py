@@ -1,7 +1,9 @@
 """Functional forms of the metrics: one call on one batch, no state.
 
 Each module holds private ``_x_arg_validation``, ``_x_tensor_validation``, ``_x_update`` and
-``_x_compute`` helpers (shared with the ``Metric`` classes) and the public function.
+``_x_compute`` helpers (shared with the ``Metric`` classes) and the public function. Checks and
+formatting common to all (heatmap/mask/ignore validation, ``(N, 1, H, W)`` -> ``(N, H, W)``, one
+zero-division policy) live once, in ``_checks.py``.
 """
 
 from attrpreserve.metrics.functional.energy_pointing import energy_pointing_game

@@ -65,6 +65,48 @@ def _check_binary(x: Tensor, name: str) -> None:
         raise ValueError(f"Expected `{name}` to be bool or contain only 0 and 1, but got values such as {values}")
 
 
+def _check_maps_and_masks(
+    heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None, heatmaps_name: str = "heatmaps"
+) -> None:
+    """The one validation of (heatmap, mask[, ignore]) inputs every localisation metric uses.
+
+    ``heatmaps``: ``(N, H, W)`` or ``(N, 1, H, W)``, real and finite; ``masks`` and ``ignore``:
+    the same shape, bool or {0, 1}.
+
+    Raises:
+        ValueError: naming the argument and what it got.
+    """
+    _check_map_shape(heatmaps, heatmaps_name)
+    _check_map_shape(masks, "masks")
+    _check_same_shape(heatmaps, masks, heatmaps_name, "masks")
+    _check_real(heatmaps, heatmaps_name)
+    _check_binary(masks, "masks")
+    if ignore is not None:
+        _check_map_shape(ignore, "ignore")
+        _check_same_shape(masks, ignore, "masks", "ignore")
+        _check_binary(ignore, "ignore")
+
+
+def _format_maps_and_masks(
+    heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``(N, H, W)`` float heatmaps (float32 unless float64), bool masks and bool ignore."""
+    heatmaps = _as_float(_format_maps(heatmaps))
+    masks = _format_maps(masks).bool()
+    if ignore is not None:
+        ignore = _format_maps(ignore).bool()
+    return heatmaps, masks, ignore
+
+
+def _flat_maps_and_masks(
+    heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """:func:`_format_maps_and_masks`, each map flattened to a row: ``(N, H*W)``."""
+    n = heatmaps.shape[0]
+    scores, masks, ignore = _format_maps_and_masks(heatmaps, masks, ignore)
+    return scores.reshape(n, -1), masks.reshape(n, -1), None if ignore is None else ignore.reshape(n, -1)
+
+
 def _check_classes(classes: Optional[Tensor], n: int, num_classes: int) -> None:
     if not isinstance(classes, Tensor):
         raise ValueError(f"Expected `classes` to be a tensor of class indices, but got {type(classes).__name__}")

@@ -13,8 +13,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from attrpreserve.metrics.functional._checks import _check_zero_division, _divide
-from attrpreserve.metrics.functional.mask_auroc import _mask_auroc_format, _mask_auroc_tensor_validation
+from attrpreserve.metrics.functional._checks import (
+    _check_maps_and_masks,
+    _check_zero_division,
+    _divide,
+    _flat_maps_and_masks,
+)
 
 
 def _energy_pointing_arg_validation(zero_division: float = float("nan")) -> None:
@@ -77,7 +81,7 @@ def energy_pointing_game(
     """
     if validate_args:
         _energy_pointing_arg_validation(zero_division)
-        _mask_auroc_tensor_validation(heatmaps, masks, ignore)
-    scores, masks, ignore = _mask_auroc_format(heatmaps, masks, ignore)
+        _check_maps_and_masks(heatmaps, masks, ignore)
+    scores, masks, ignore = _flat_maps_and_masks(heatmaps, masks, ignore)
     energy_sum, count, _ = _energy_pointing_update(scores, masks, ignore)
     return _energy_pointing_compute(energy_sum, count, zero_division)

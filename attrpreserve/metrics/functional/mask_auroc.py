@@ -6,14 +6,10 @@ import torch
 from torch import Tensor
 
 from attrpreserve.metrics.functional._checks import (
-    _as_float,
-    _check_binary,
-    _check_map_shape,
-    _check_real,
-    _check_same_shape,
+    _check_maps_and_masks,
     _check_zero_division,
     _divide,
-    _format_maps,
+    _flat_maps_and_masks,
 )
 
 
@@ -23,28 +19,10 @@ def _mask_auroc_arg_validation(normalize: bool = False, zero_division: float = f
     _check_zero_division(zero_division)
 
 
-def _mask_auroc_tensor_validation(heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None) -> None:
-    _check_map_shape(heatmaps, "heatmaps")
-    _check_map_shape(masks, "masks")
-    _check_same_shape(heatmaps, masks, "heatmaps", "masks")
-    _check_real(heatmaps, "heatmaps")
-    _check_binary(masks, "masks")
-    if ignore is not None:
-        _check_map_shape(ignore, "ignore")
-        _check_same_shape(masks, ignore, "masks", "ignore")
-        _check_binary(ignore, "ignore")
+_mask_auroc_tensor_validation = _check_maps_and_masks  # heatmaps (N, [1,] H, W), binary masks/ignore
 
 
-def _mask_auroc_format(
-    heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Flatten to ``(N, H*W)``: float scores, bool masks, bool ignore."""
-    n = heatmaps.shape[0]
-    scores = _as_float(_format_maps(heatmaps)).reshape(n, -1)
-    masks = _format_maps(masks).reshape(n, -1).bool()
-    if ignore is not None:
-        ignore = _format_maps(ignore).reshape(n, -1).bool()
-    return scores, masks, ignore
+_mask_auroc_format = _flat_maps_and_masks  # (N, H*W): float scores, bool masks, bool ignore
 
 
 def _minmax_valid(scores: Tensor, valid: Tensor) -> Tensor:

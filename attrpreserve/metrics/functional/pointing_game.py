@@ -7,16 +7,12 @@ import torch
 from torch import Tensor
 
 from attrpreserve.metrics.functional._checks import (
-    _as_float,
-    _check_binary,
     _check_classes,
-    _check_map_shape,
+    _check_maps_and_masks,
     _check_positive_int,
-    _check_real,
-    _check_same_shape,
     _check_zero_division,
     _divide,
-    _format_maps,
+    _format_maps_and_masks,
 )
 
 _AVERAGES = ("micro", "class")
@@ -48,27 +44,12 @@ def _pointing_game_tensor_validation(
     ignore: Optional[Tensor] = None,
     num_classes: Optional[int] = None,
 ) -> None:
-    _check_map_shape(heatmaps, "heatmaps")
-    _check_map_shape(masks, "masks")
-    _check_same_shape(heatmaps, masks, "heatmaps", "masks")
-    _check_real(heatmaps, "heatmaps")
-    _check_binary(masks, "masks")
-    if ignore is not None:
-        _check_map_shape(ignore, "ignore")
-        _check_same_shape(masks, ignore, "masks", "ignore")
-        _check_binary(ignore, "ignore")
+    _check_maps_and_masks(heatmaps, masks, ignore)
     if classes is not None and num_classes is not None:
         _check_classes(classes, heatmaps.shape[0], num_classes)
 
 
-def _pointing_game_format(
-    heatmaps: Tensor, masks: Tensor, ignore: Optional[Tensor] = None
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    heatmaps = _as_float(_format_maps(heatmaps))
-    masks = _format_maps(masks).bool()
-    if ignore is not None:
-        ignore = _format_maps(ignore).bool()
-    return heatmaps, masks, ignore
+_pointing_game_format = _format_maps_and_masks  # (N, H, W): float maps, bool masks, bool ignore
 
 
 def _pointing_game_points(heatmaps: Tensor, ignore: Optional[Tensor] = None) -> Tensor:
