@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from attrpreserve.attribution.methods import attribute, check_method, get_method, predict_and_attribute
-from attrpreserve.attribution.methods import attribution_scope as eval_scope  # renamed; call sites keep the name
+from attrpreserve.attribution.methods import attribution_scope
 from attrpreserve.data.common import IGNORE_INDEX
 from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
 from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
@@ -253,7 +253,7 @@ def evaluate(
     pairs = PairRecords(("classes", "difficult")).to(device)
     counts = {"images": 0, "pairs": 0, "skipped": 0}
 
-    with eval_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
+    with attribution_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
         for index, batch in enumerate(chain([first], batches)):
             if index:
                 _check_batch(batch, index, num_classes)
