@@ -71,8 +71,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from attrpreserve.attribution.methods import attribute, check_method, get_method, predict_and_attribute
-from attrpreserve.attribution.methods import attribution_scope
+from attrpreserve.attribution.methods import (
+    attribute, attribution_scope, check_method, get_method, predict_and_attribute,
+)
 from attrpreserve.data.common import IGNORE_INDEX
 from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
 from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
