@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from attrpreserve.attribution.methods import check_method, get_method
+from attrpreserve.callbacks.networks import map_networks
 from attrpreserve.evaluate import PROTOCOLS, evaluate
 from attrpreserve.models.layers import resolve_layer_name
 
@@ -77,12 +78,9 @@ class LocalizationMonitor(Callback):
 
     @staticmethod
     def _networks(pl_module: pl.LightningModule) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        if hasattr(pl_module, "student") and hasattr(pl_module, "teacher"):
-            return pl_module.student, pl_module.teacher
-        if hasattr(pl_module, "model"):
-            return pl_module.model, None
-        raise ValueError(f"LocalizationMonitor needs a module with `student` and `teacher` or with `model`; got "
-                         f"{type(pl_module).__name__}.")
+        """(the scored network, its teacher or None)."""
+        networks = map_networks(pl_module, "LocalizationMonitor")
+        return networks.get("student", networks.get("model")), networks.get("teacher")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

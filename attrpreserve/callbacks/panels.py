@@ -15,6 +15,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from attrpreserve.attribution.methods import attribute, predict_and_attribute
+from attrpreserve.callbacks.networks import map_networks
 from attrpreserve.models.layers import resolve_layer_name
 from attrpreserve.visualize import figure_to_array, panel_figure
 
@@ -70,14 +71,7 @@ class AttributionPanels(Callback):
         return self._generate_state_key(key=self.key)
 
     def _networks(self, pl_module: pl.LightningModule) -> dict[str, torch.nn.Module]:
-        if hasattr(pl_module, "teacher") and hasattr(pl_module, "student"):
-            return {"teacher": pl_module.teacher, "student": pl_module.student}
-        if hasattr(pl_module, "model"):
-            return {"model": pl_module.model}
-        raise ValueError(
-            f"AttributionPanels needs a module with `teacher` and `student` or with `model`; got "
-            f"{type(pl_module).__name__}."
-        )
+        return map_networks(pl_module, "AttributionPanels")
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
