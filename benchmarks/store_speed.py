@@ -1,0 +1,158 @@
+"""Decoded-image store vs decoding the JPEGs: loader and end-to-end training throughput, side by side.
+
+On a generated VOC-layout folder (``voc_folder.py``: random sizes, boxes with masks; nothing is
+downloaded), in one process:
+
+- ``loader``: images/s of one epoch of the training loaders, without (``jpeg``) and with
+  (``store``) the store: the online path (``VOCDataModule.train_dataloader``: decode, crop +
+  flip, normalise) and the teacher-cache path (``CachedViewsDataset``: source image, one stored
+  view, teacher outputs from the cache). Repeated, interleaved; min and range printed.
+- ``--fit``: ``Trainer.fit`` of a /8 student with SSWA matching reading a vgg_small teacher from
+  the 8-view cache, one process, ``num_workers`` workers; images/s of the epochs after the first.
+
+Usage (CPU, 2 cores):
+  python benchmarks/store_speed.py --image-size 64                       # loader, 400 JPEGs 112-500 px
+  python benchmarks/store_speed.py --image-size 227
+  python benchmarks/store_speed.py --fit --num-images 1600 --min-side 112 --max-side 160 --image-size 64
+Add ``--threads 1`` on a machine shared with other jobs (torch's threads spin against them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from voc_folder import make_voc_folder  # noqa: E402
+
+from attrpreserve.data import VOCDataModule  # noqa: E402
+from attrpreserve.models import vgg_small  # noqa: E402
+from attrpreserve.teacher_cache import TeacherCache  # noqa: E402
+
+
+def _module(root: Path, work: Path, store: bool, args: argparse.Namespace, **extra) -> VOCDataModule:
+    return VOCDataModule(root, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
+                         store=store, store_dir=str(work / "store"), cache_dir=str(work / "teacher"),
+                         cache_views=args.views, pin_memory=False, **extra)
+
+
+def _epoch(loader: DataLoader) -> int:
+    n = 0
+    for batch in loader:
+        n += batch["image"].shape[0]
+    return n
+
+
+def loaders(root: Path, work: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    torch.manual_seed(0)
+    teacher = vgg_small(num_classes=20, width_divisor=8).eval()  # only builds the caches: any teacher
+    runs: dict[str, DataLoader] = {}
+    for store in (False, True):
+        tag = "store" if store else "jpeg"
+        dm = _module(root, work, store, args)
+        start = time.perf_counter()
+        dm.setup("fit")
+        if store:
+            print(f"  store build ({tag}, short side {dm.store_size}): {time.perf_counter() - start:.1f} s for "
+                  f"{len(dm.train_dataset) + len(dm.val_dataset)} images, "
+                  f"{sum(f.stat().st_size for f in dm.train_dataset.store.path.iterdir()) / 2**20:.1f} MiB (train)")
+        runs[f"online/{tag}"] = dm.train_dataloader()
+        cache = TeacherCache(teacher, dm.source_dataset("train"), dm.sample_view, dm.apply_view, views=args.views,
+                             cache_dir=work / "teacher", image_size=args.image_size).build(progress=False)
+        runs[f"cached/{tag}"] = DataLoader(cache.dataset_for_training(), batch_size=args.batch_size, shuffle=True,
+                                           num_workers=args.workers)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name, loader in runs.items():  # warm-up (page cache, workers)
+        _epoch(loader)
+    for _ in range(args.repeats):
+        for name, loader in runs.items():
+            start = time.perf_counter()
+            n = _epoch(loader)
+            times[name].append(n / (time.perf_counter() - start))
+    return times
+
+
+def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    import pytorch_lightning as pl
+
+    from attrpreserve.callbacks import AttributionMatching
+    from attrpreserve.modules import DistillationModule
+
+    class EpochTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.start, self.n = time.perf_counter(), 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.n += batch["image"].shape[0]
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.rates.append(self.n / (time.perf_counter() - self.start))
+
+    torch.manual_seed(0)
+    teacher = vgg_small(num_classes=20).eval()
+    rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": []}
+    for _ in range(args.repeats):
+        for store in (False, True):
+            dm = _module(root, work, store, args, cache_teacher=True)
+            module = DistillationModule(teacher, vgg_small(num_classes=20, width_divisor=8), lr=0.01)
+            timer = EpochTimer()
+            trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator="cpu", logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                 limit_val_batches=0, num_sanity_val_steps=0,
+                                 callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
+            trainer.fit(module, dm)
+            rates["fit/store" if store else "fit/jpeg"] += timer.rates[1:]  # the first epoch warms up
+    return rates
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-images", type=int, default=400)
+    parser.add_argument("--min-side", type=int, default=112)
+    parser.add_argument("--max-side", type=int, default=500)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per fit (after one warm-up epoch)")
+    parser.add_argument("--fit", action="store_true", help="end-to-end Trainer.fit instead of the loaders")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 is steadier "
+                        "on a machine shared with other jobs")
+    parser.add_argument("--data", default=None, help="folder for the generated VOC data (kept); default: temporary")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="store_speed_"))
+    try:
+        root = make_voc_folder(Path(args.data) if args.data else tmp / "data", args.num_images, args.min_side,
+                               args.max_side)
+        rates = (fit_speed if args.fit else loaders)(root, tmp / "work", args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"CPU x{torch.get_num_threads()} threads; {args.num_images} JPEGs {args.min_side}-{args.max_side} px, "
+          f"image_size {args.image_size}, batch {args.batch_size}, {args.workers} workers, K={args.views}")
+    for name, values in rates.items():
+        print(f"  {name:14s} {max(values):8.1f} images/s  (range {min(values):.1f}-{max(values):.1f}, "
+              f"{len(values)} runs)")
+    for path in ("online", "cached", "fit"):
+        if f"{path}/jpeg" in rates:
+            best = max(rates[f"{path}/store"]) / max(rates[f"{path}/jpeg"])
+            paired = [s / j for s, j in zip(rates[f"{path}/store"], rates[f"{path}/jpeg"])]
+            print(f"ratio {path} store/jpeg = {best:.2f} (best vs best; paired runs {min(paired):.2f}-"
+                  f"{max(paired):.2f})")
+    return rates
+
+
+if __name__ == "__main__":
+    main()

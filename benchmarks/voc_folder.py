@@ -1,0 +1,78 @@
+"""A generated VOC-layout folder for the throughput benchmarks (nothing is downloaded).
+
+``make_voc_folder(root, n, min_side, max_side)`` writes ``n`` JPEGs of random sizes (each side
+uniform in ``[min_side, max_side]``), each a textured background with 1-3 objects drawn as boxes,
+their XMLs (classes, boxes, ``<size>``), palette segmentation masks (class c + 1 in the box, a
+void ring of 255 around it) and the split files ``Main/train.txt`` (every image),
+``Main/val.txt`` and ``Segmentation/val.txt`` (the last quarter). Deterministic in ``seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from attrpreserve.data import VOC_CLASSES
+
+
+def _palette() -> list[int]:
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def make_voc_folder(root: str | Path, n: int = 400, min_side: int = 112, max_side: int = 500, seed: int = 0) -> Path:
+    """Write the folder (``root/VOC2012``) unless it is already complete; returns the VOC2012 path."""
+    voc = Path(root) / "VOC2012"
+    done = voc / f".complete-{n}-{min_side}-{max_side}-{seed}"
+    if done.is_file():
+        return voc
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
+        (voc / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    palette = _palette()
+    ids = []
+    for i in range(n):
+        image_id = f"2099_{i:06d}"
+        ids.append(image_id)
+        height, width = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = rng.uniform(40, 200, size=3)
+        image = base + 30 * np.sin(xx[..., None] / rng.uniform(5, 30) + rng.uniform(0, 6, size=3)) \
+            + 20 * np.cos(yy[..., None] / rng.uniform(5, 30)) + rng.normal(0, 8, size=(height, width, 3))
+        mask = np.zeros((height, width), dtype=np.uint8)
+        parts = []
+        for _ in range(int(rng.integers(1, 4))):
+            cls = int(rng.integers(0, len(VOC_CLASSES)))
+            h, w = int(rng.integers(height // 5, height // 2)), int(rng.integers(width // 5, width // 2))
+            top, left = int(rng.integers(1, height - h - 1)), int(rng.integers(1, width - w - 1))
+            image[top:top + h, left:left + w] = rng.uniform(0, 255, size=3) + rng.normal(0, 15, size=(h, w, 3))
+            mask[max(top - 1, 0):top + h + 1, max(left - 1, 0):left + w + 1] = 255
+            mask[top:top + h, left:left + w] = cls + 1
+            parts.append(f"<object><name>{VOC_CLASSES[cls]}</name><difficult>0</difficult><bndbox>"
+                         f"<xmin>{left + 1}</xmin><ymin>{top + 1}</ymin><xmax>{left + w}</xmax>"
+                         f"<ymax>{top + h}</ymax></bndbox></object>")
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg",
+                                                                      quality=90)
+        png = Image.fromarray(mask, mode="P")
+        png.putpalette(palette)
+        png.save(voc / "SegmentationClass" / f"{image_id}.png")
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename><size><width>{width}</width><height>{height}"
+            f"</height><depth>3</depth></size>{''.join(parts)}</annotation>\n")
+    held_out = ids[3 * n // 4:]
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("\n".join(ids) + "\n")
+    (voc / "ImageSets" / "Main" / "val.txt").write_text("\n".join(held_out) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(held_out) + "\n")
+    done.write_text("ok\n")
+    return voc
