@@ -227,7 +227,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     from attrpreserve.attribution.methods import check_method
     from attrpreserve.data import SyntheticDataModule, VOCDataModule
     from attrpreserve.evaluate import evaluate, format_table, log_summary
-    from attrpreserve.models.weights import file_digest
+    from attrpreserve.models.weights import file_digest, read_checkpoint
     from attrpreserve.modules import DistillationModule, load_module, load_network
 
     args = evaluate_parser().parse_args(list(argv))
@@ -264,7 +264,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     if args.data == "synthetic":
         # The run's own data settings (seed, sizes, objects: they define the localisation split)
         # unless a flag says otherwise; a checkpoint trained on other data gives the defaults.
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {}
+        saved = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
         kept = {k: v for k, v in saved.items() if k in SYNTHETIC_SETTINGS} if "num_test" in saved else {}
         kept.update({k: v for k, v in (("num_classes", args.num_classes), ("image_size", args.image_size),
                                        ("seed", args.seed)) if v is not None})
@@ -286,7 +286,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     }
     logger = None
     if args.wandb and rank0:
-        run = torch.load(ckpt, map_location="cpu", weights_only=False).get("wandb")
+        run = read_checkpoint(ckpt).get("wandb")
         logger = _evaluation_logger(ckpt, run, {"checkpoint": str(ckpt), "protocol": args.protocol,
                                                 "methods": methods, "method_kwargs": method_kwargs})
     out = Path(args.out) if args.out else ckpt.parent / f"{ckpt.stem}_eval"

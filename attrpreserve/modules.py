@@ -27,7 +27,7 @@ from attrpreserve.attribution.capture import capture_features
 from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
 from attrpreserve.metrics import classification_metrics
 from attrpreserve.models import CheckpointError, build_from_spec, load_weights, model_spec
-from attrpreserve.models.weights import weights_source
+from attrpreserve.models.weights import read_checkpoint, weights_source
 from attrpreserve.recipe import recipe_changes, training_recipe
 from attrpreserve.terms import ForwardResult, LossTerm
 
@@ -613,16 +613,8 @@ def load_module(path: str | os.PathLike) -> TeacherModule | DistillationModule:
         CheckpointError: truncated/foreign file, or weights that do not fit the stored spec.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {str(path)!r}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"Could not read checkpoint {str(path)!r} ({type(err).__name__}): the file may be truncated. Expected a "
-            "Lightning checkpoint written by `attrpreserve fit`."
-        ) from err
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path)
+    hparams = ckpt.get("hyper_parameters", {})
     if isinstance(hparams.get("teacher"), dict) and isinstance(hparams.get("student"), dict):
         cls: type[pl.LightningModule] = DistillationModule
     elif isinstance(hparams.get("model"), dict):

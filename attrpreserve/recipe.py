@@ -186,20 +186,10 @@ def describe_checkpoint(path: str | os.PathLike, as_json: bool = False) -> str:
     """
     import json
 
-    import torch
-
-    from attrpreserve.models.weights import CheckpointError
+    from attrpreserve.models.weights import read_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {str(path)!r}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"Could not read checkpoint {str(path)!r} ({type(err).__name__}): the file may be "
-                              "truncated.") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict').")
+    ckpt = read_checkpoint(path)
     recipe = dict(ckpt.get("recipe") or {})
     info = {
         "checkpoint": str(path.resolve()),

@@ -61,6 +61,29 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The whole Lightning checkpoint dict of ``path`` (on the CPU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: truncated or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {str(path)!r}.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"Could not read checkpoint {str(path)!r} ({type(err).__name__}): the file may be truncated. Expected a "
+            "Lightning checkpoint written by `attrpreserve fit`."
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict'): expected one written "
+                              "by `attrpreserve fit`.")
+    return ckpt
+
+
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
     """First ``length`` hex digits of the file's SHA-256 (the content: a renamed copy matches).
 
