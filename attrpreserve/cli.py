@@ -213,8 +213,18 @@ def _evaluation_logger(ckpt: Path, run: dict[str, Any] | None, config: dict[str,
         save_dir = run.get("save_dir") or str(_run_folder(ckpt))
         if not Path(save_dir).is_dir():  # moved: keep the run next to the checkpoint
             save_dir = str(_run_folder(ckpt))
-        logger = WandbLogger(project=run.get("project") or "attrpreserve", save_dir=save_dir, name=run.get("name"),
-                             id=run["id"], resume="allow")
+        # A wandb service shared with the process that trained (WANDB_SERVICE inherited) may still
+        # be closing that run's stream: "run ID ... is in use" for a few seconds.
+        for attempt in range(12):
+            logger = WandbLogger(project=run.get("project") or "attrpreserve", save_dir=save_dir,
+                                 name=run.get("name"), id=run["id"], resume="allow")
+            try:
+                logger.experiment
+                break
+            except Exception as err:  # noqa: BLE001 - wandb raises its own types; only this one is waited out
+                if "in use" not in str(err) or attempt == 11:
+                    raise
+                time.sleep(5)
     else:
         folder = _run_folder(ckpt)
         logger = WandbLogger(save_dir=str(folder), name=f"{folder.name}-evaluate", job_type="evaluate")

@@ -100,13 +100,12 @@ def test_offline_wandb_run_folder_holds_scalars_images_and_table(tmp_path, monke
     logger.experiment.finish()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    files = [p for p in runs[0].rglob("*") if p.is_file()]
-    assert any(p.suffix == ".wandb" for p in files)
-    assert any(p.suffix == ".png" and "panels" in str(p) for p in files)
-    assert any(p.name.endswith(".table.json") for p in files)
     # Offline, the config is in the run record, which wandb's service may still be writing after finish().
-    path, deadline = next(p for p in files if p.suffix == ".wandb"), time.monotonic() + 30
+    path, deadline = next(runs[0].glob("*.wandb")), time.monotonic() + 120
     while b"train/match" not in path.read_bytes() and time.monotonic() < deadline:
         time.sleep(0.2)
+    files = [p for p in runs[0].rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" and "panels" in str(p) for p in files)
+    assert any(p.name.endswith(".table.json") for p in files)
     record = path.read_bytes()
     assert b"temperature" in record and b"alpha" in record and b"train/match" in record

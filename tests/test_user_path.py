@@ -27,10 +27,11 @@ TINY = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--tr
 
 def _run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **env}
+    environment.pop("WANDB_SERVICE", None)  # each command its own wandb service, as in a user's shell
     return subprocess.run([COMMAND, *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def wandb_records(run_dir: Path, timeout: float = 30.0) -> dict:
+def wandb_records(run_dir: Path, timeout: float = 120.0) -> dict:
     """Config, history rows and summary of an offline wandb run folder, read from its ``.wandb``
     file (a LevelDB-style log of protobuf records: 7-byte header, 32 KiB blocks, each record a
     4-byte checksum, 2-byte length and 1-byte type, split across blocks as first/middle/last).
