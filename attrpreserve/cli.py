@@ -204,11 +204,20 @@ def _run_folder(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
 
 
+def _finish_wandb() -> None:
+    """End this process's wandb run, if any: Lightning leaves it open after a fit (so more can be
+    logged), and a later WandbLogger in the same process would write into it instead of its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def _evaluation_logger(ckpt: Path, run: dict[str, Any] | None, config: dict[str, Any]) -> Any:
     """A WandbLogger on the checkpoint's training run (resumed) or, without one, on a new run named
     after the run folder."""
     from attrpreserve.loggers import WandbLogger
 
+    _finish_wandb()
     if run and run.get("id"):
         save_dir = run.get("save_dir") or str(_run_folder(ckpt))
         if not Path(save_dir).is_dir():  # moved: keep the run next to the checkpoint
@@ -373,6 +382,7 @@ def _dispatch(argv: list[str]) -> int:
             AttrPreserveCLI(None)
         finally:
             sys.argv = saved
+            _finish_wandb()
     return 0
 
 

@@ -251,7 +251,9 @@ def evaluate(
     rows = {n: RowMetrics(rules.tolerance, rules.average, num_classes, device, teacher is not None and n in names,
                           faithfulness) for n in [*names, *extra]}
     faith = _Faithfulness(faithfulness_steps, seed, device) if faithfulness else None
-    pairs = PairRecords(("classes", "difficult")).to(device)
+    # batch/pair: each pair's place in the single-process order; processes gather their records
+    # rank by rank, and the bootstrap must resample the same sequence however many there were.
+    pairs = PairRecords(("classes", "difficult", "batch", "pair")).to(device)
     counts = {"images": 0, "pairs": 0, "skipped": 0}
 
     with attribution_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
@@ -334,7 +336,9 @@ def _score_batch(
     if image_index.numel() == 0:
         return
     targets = pair_targets(batch, image_index, classes, present, count_void, device)
-    pairs.update(classes=classes, difficult=targets.difficult)
+    pairs.update(classes=classes, difficult=targets.difficult,
+                 batch=torch.full_like(classes, batch_index, dtype=torch.float32),
+                 pair=torch.arange(classes.numel(), device=classes.device, dtype=torch.float32))
     for name in [*names, *extra]:
         maps = maps_by_method.pop(name, None)
         if maps is None:
@@ -371,6 +375,17 @@ class _Faithfulness:
 
 
 # -- results --------------------------------------------------------------------------------------
+def _single_process_order(batch: Tensor, pair: Tensor) -> Tensor:
+    """The permutation that sorts gathered records by (batch, pair): one process's order.
+
+    Example:
+        >>> _single_process_order(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
+        tensor([2, 0, 1])
+    """
+    key = batch.double() * (float(pair.max()) + 1 if pair.numel() else 1.0) + pair.double()
+    return torch.argsort(key, stable=True)
+
+
 def _results(
     names: list[str], extra: list[str], protocol: str, rules: Protocol, count_void: bool, predictive: Any,
     rows: dict[str, RowMetrics], pairs: PairRecords, counts: dict[str, int], resamples: int, seed: int,
@@ -383,10 +398,11 @@ def _results(
     metrics["num_images"] = counts["images"]
     scored = counts["pairs"] > 0
     shared = records_of(pairs)
-    classes, difficult = shared["classes"].long(), shared["difficult"].bool()
+    order = _single_process_order(shared["batch"], shared["pair"])
+    classes, difficult = shared["classes"].long()[order], shared["difficult"].bool()[order]
     entries: dict[str, dict[str, Any]] = {}
     for name in [*names, *extra]:
-        entry = rows[name].entry(scored, classes, difficult, resamples, seed)
+        entry = rows[name].entry(scored, classes, difficult, resamples, seed, order)
         entry["num_pairs"], entry["num_skipped"] = counts["pairs"], counts["skipped"]
         entries[name] = entry
     if not scored:

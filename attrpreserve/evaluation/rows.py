@@ -95,9 +95,11 @@ class RowMetrics:
             for mode, values in aucs.items():
                 self.faithfulness[mode].update(values)
 
-    def entry(self, scored: bool, classes: Tensor, difficult: Tensor, resamples: int, seed: int) -> dict[str, Any]:
+    def entry(self, scored: bool, classes: Tensor, difficult: Tensor, resamples: int, seed: int,
+              order: Tensor | None = None) -> dict[str, Any]:
         """The row's numbers (nan where nothing was scored). ``classes``/``difficult``: the synced
-        per-pair class and difficult flag, in the records' order."""
+        per-pair class and difficult flag, already put in ``order``, the permutation of the
+        gathered records that gives one process's order (so intervals do not depend on it)."""
         nan = math.nan
         entry: dict[str, Any] = {"auc": nan, "point_acc": nan, "cos": nan, "l2": nan, "energy": nan,
                                  "point_acc_difficult": nan, "num_pairs_difficult": int(difficult.sum()),
@@ -115,6 +117,8 @@ class RowMetrics:
             entry["cos"], entry["l2"] = float(sim["cos"]), float(sim["l2"])
         if resamples:
             values = self.record_values()
+            if order is not None:
+                values = {key: value[order] for key, value in values.items()}
             per_class = self.average == "class"
             entry["point_acc_ci"] = list(bootstrap_ci(values["hit"], classes if per_class else None,
                                                       self.num_classes if per_class else None, resamples, seed=seed))
