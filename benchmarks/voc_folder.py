@@ -15,20 +15,7 @@ import numpy as np
 from PIL import Image
 
 from attrpreserve.data import VOC_CLASSES
-
-
-def _palette() -> list[int]:
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+from attrpreserve.data.voc import voc_palette
 
 
 def make_voc_folder(root: str | Path, n: int = 400, min_side: int = 112, max_side: int = 500, seed: int = 0) -> Path:
@@ -40,7 +27,7 @@ def make_voc_folder(root: str | Path, n: int = 400, min_side: int = 112, max_sid
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation", "SegmentationClass"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    palette = _palette()
+    palette = voc_palette()
     ids = []
     for i in range(n):
         image_id = f"2099_{i:06d}"

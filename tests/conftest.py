@@ -22,6 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
+from attrpreserve.data.voc import voc_palette
+
 VOC_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -94,21 +96,6 @@ def voc_image(index: int) -> np.ndarray:
         top, left, h, w = obj["box"]
         image[top:top + h, left:left + w] = (235, 240, 245)
     return image
-
-
-def voc_palette() -> list[int]:
-    """The standard VOC colour map (index -> RGB)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def _xml(image_id: str, objects: Sequence[dict], names: Mapping[int, str] | None = None) -> str:

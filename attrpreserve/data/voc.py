@@ -118,6 +118,27 @@ def _wxh(size: Sequence[int]) -> str:
     return f"{size[1]}x{size[0]}"
 
 
+def voc_palette() -> list[int]:
+    """The standard VOC colour map as a flat ``[r0, g0, b0, r1, ...]`` list (768 values) for
+    ``PIL.Image.putpalette``: write class-id masks the way SegmentationClass/ stores them.
+
+    Example:
+        >>> voc_palette()[3:6], voc_palette()[255 * 3:]
+        ([128, 0, 0], [224, 224, 192])
+    """
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
 def find_voc_root(root: str | os.PathLike) -> Path:
     """The VOC2012 folder: ``root`` itself, ``root/VOCdevkit/VOC2012`` or ``root/VOC2012``.
 
