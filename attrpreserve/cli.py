@@ -268,6 +268,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     device = torch.device(_join_process_group(args.device))
     rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     say = print if rank0 else (lambda *a, **k: None)
+    saved_ckpt = read_checkpoint(ckpt)  # once: its data settings and wandb run, beside load_module's read
     module = load_module(ckpt)
     model = module.student if isinstance(module, DistillationModule) else module.model
     say(f"checkpoint: {ckpt} ({type(module).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters)",
@@ -283,7 +284,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     if args.data == "synthetic":
         # The run's own data settings (seed, sizes, objects: they define the localisation split)
         # unless a flag says otherwise; a checkpoint trained on other data gives the defaults.
-        saved = read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}
+        saved = saved_ckpt.get("datamodule_hyper_parameters") or {}
         kept = {k: v for k, v in saved.items() if k in SYNTHETIC_SETTINGS} if "num_test" in saved else {}
         kept.update({k: v for k, v in (("num_classes", args.num_classes), ("image_size", args.image_size),
                                        ("seed", args.seed)) if v is not None})
@@ -305,7 +306,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     }
     logger = None
     if args.wandb and rank0:
-        run = read_checkpoint(ckpt).get("wandb")
+        run = saved_ckpt.get("wandb")
         logger = _evaluation_logger(ckpt, run, {"checkpoint": str(ckpt), "protocol": args.protocol,
                                                 "methods": methods, "method_kwargs": method_kwargs})
     out = Path(args.out) if args.out else ckpt.parent / f"{ckpt.stem}_eval"
