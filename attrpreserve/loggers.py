@@ -33,5 +33,8 @@ class WandbLogger(_WandbLogger):
     ) -> None:
         if offline is None:
             offline = os.environ.get("WANDB_MODE", "offline") in ("offline", "dryrun")
+        # Absolute: wandb's service process resolves a relative folder against the directory it
+        # started in, which need not be this process's current one.
+        save_dir = os.path.abspath(save_dir)
         os.makedirs(save_dir, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, name=name, offline=offline, **kwargs)
