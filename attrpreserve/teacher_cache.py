@@ -276,7 +276,11 @@ class CachedViewsDataset(Dataset):
         """Item ``index`` through cached view ``view`` (deterministic)."""
         self._open()
         item = dict(self.dataset[index])
-        item["image"] = self.apply_view(item["image"], tuple(self.boxes[index, view]), bool(self.flips[index, view]))
+        box = tuple(int(v) for v in self.boxes[index, view])
+        item["image"] = self.apply_view(item["image"], box, bool(self.flips[index, view]))
+        view_labels = getattr(self.dataset, "view_labels", None)
+        if view_labels is not None:  # the crop may cut an object out: its label goes with it
+            item["labels"] = view_labels(index, box)
         item.pop("mask", None)  # masks are not cropped with the view; training does not use them
         item["view"] = view
         item["teacher_logits"] = torch.from_numpy(np.asarray(self._logits[index, view], dtype=np.float32))
