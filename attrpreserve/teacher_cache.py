@@ -250,7 +250,10 @@ class CachedViewsDataset(Dataset):
     """Items of the source dataset seen through one of their cached views.
 
     Each item adds ``view`` (the view index), ``teacher_logits`` [K] and ``teacher_features``
-    (layer -> [C,H,W]), all float32 read from the fp16 cache.
+    (layer -> [C,H,W]), all float32 read from the fp16 cache. When the source dataset has a
+    ``view_labels(index, box)`` method (VOC and synthetic data: label-aware crops, see their
+    ``min_visible``), ``labels`` are the view's, not the full image's, as in the online
+    augmentation; the box is in the source dataset's pixels (the stored image's with a VOC store).
     """
 
     def __init__(self, dataset: Dataset, path: Path, layers: Sequence[str], apply_view: ViewApplier,

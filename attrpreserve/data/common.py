@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,19 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value!r}.")
     return value
+
+
+def check_fraction(name: str, value: Any, hint: str = "") -> float:
+    """``value`` as a float in [0, 1], else ValueError naming the argument (``hint`` is appended
+    to the allowed values).
+
+    Example:
+        >>> check_fraction("min_visible", 0.5)
+        0.5
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"Expected argument `{name}` to be a number in [0, 1]{hint}, but got {value!r}.")
+    return float(value)
 
 
 def check_stats(name: str, value: Sequence[float], positive: bool) -> tuple[float, float, float]:

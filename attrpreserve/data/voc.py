@@ -15,6 +15,14 @@ seen only as difficult is then negative). The localisation split takes its label
 too, so a model is judged on one label definition; its masks are the palette indices unchanged
 (class c is c+1, void stays 255 and is never folded into background).
 
+Label-aware crops (``min_visible``, default 0.5): a training crop keeps a class in ``labels`` only
+while at least one of its objects (difficult ones as ``include_difficult`` says) keeps at least
+``min_visible`` of its XML box's area inside the crop; the boxes are scaled to the stored image
+when a store is used. VOC's objects are often small, and the paper's crop (scale 0.08-1) cuts many
+out while their labels stay; ``min_visible=0.0`` reproduces that crop exactly (same images, labels
+never change). The teacher cache's views take their labels the same way
+(:meth:`VOCDataset.view_labels`). Evaluation splits are not cropped and keep the XML's labels.
+
 Nothing is downloaded. File existence is checked in ``setup()`` (a missing folder, split file,
 image, XML or mask raises FileNotFoundError naming it). Broken data never passes silently: a split
 file listing an id twice, an unparsable XML, an unknown class name, or (classification splits) an
@@ -54,7 +62,7 @@ from torchvision import tv_tensors
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
-    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, default_workers, plain,
+    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_fraction, check_int, check_stats, default_workers, plain,
 )
 from attrpreserve.data.store import ImageStore, build_on_rank_zero, default_store_size
 
@@ -104,13 +112,25 @@ class DataError(ValueError):
         super().__init__(str(self.problem))
 
 
+class VOCObject(NamedTuple):
+    """One ``<object>`` of a VOC XML: class index, ``<bndbox>`` as ``(xmin, ymin, xmax, ymax)`` in
+    VOC's 1-based inclusive pixel coordinates (None when missing or not four integers with
+    ``xmin <= xmax``, ``ymin <= ymax``), and its ``difficult`` flag."""
+
+    cls: int
+    box: tuple[int, int, int, int] | None
+    difficult: bool
+
+
 class Annotation(NamedTuple):
     """What a VOC XML says: positive class indices (sorted), ``<size>`` as ``(height, width)`` or
-    None, and the number of ``<object>``s (difficult ones included)."""
+    None, the number of ``<object>``s (difficult ones included), and every object with its box
+    (difficult ones included; label-aware crops need the boxes)."""
 
     classes: list[int]
     size: tuple[int, int] | None
     num_objects: int
+    objects: tuple[VOCObject, ...] = ()
 
 
 def _wxh(size: Sequence[int]) -> str:
@@ -220,8 +240,23 @@ def _annotation_size(root: ET.Element, path: Path) -> tuple[int, int] | None:
     return height, width
 
 
+def _bndbox(obj: ET.Element) -> tuple[int, int, int, int] | None:
+    """``(xmin, ymin, xmax, ymax)`` of an object's ``<bndbox>``; None when it is not four integers
+    (VOC writes some as ``"273.0"``) forming a non-empty box. Only label-aware crops need boxes, so
+    a bad one raises there (:meth:`VOCDataset.view_labels`), not for every reader."""
+    box = obj.find("bndbox")
+    try:
+        xmin, ymin, xmax, ymax = (int(float((box.findtext(k) or "").strip()))  # type: ignore[union-attr]
+                                  for k in ("xmin", "ymin", "xmax", "ymax"))
+    except (AttributeError, ValueError, OverflowError):
+        return None
+    return (xmin, ymin, xmax, ymax) if xmin <= xmax and ymin <= ymax else None
+
+
 def read_annotation(path: Path, include_difficult: bool = True) -> Annotation:
-    """Positive classes, ``<size>`` and object count of one VOC XML.
+    """Positive classes, ``<size>``, object count and objects (with boxes) of one VOC XML.
+
+    ``include_difficult`` decides the positive classes only; ``objects`` lists every object.
 
     Raises:
         DataError: (a ValueError) the XML does not parse, names a class not in
@@ -233,16 +268,17 @@ def read_annotation(path: Path, include_difficult: bool = True) -> Annotation:
     except (ET.ParseError, OSError) as err:
         raise DataError(path, f"Could not parse annotation {str(path)!r}: {err}", "a VOC annotation XML") from None
     classes = set()
-    objects = list(root.iter("object"))
-    for obj in objects:
+    objects = []
+    for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         if name not in VOC_CLASSES:
             raise DataError(path, f"Unknown class {name!r} in annotation {str(path)!r}",
                             f"one of the VOC class names: {', '.join(VOC_CLASSES)}")
-        if not include_difficult and (obj.findtext("difficult") or "0").strip() == "1":
-            continue
-        classes.add(VOC_CLASSES.index(name))
-    return Annotation(sorted(classes), _annotation_size(root, path), len(objects))
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        objects.append(VOCObject(VOC_CLASSES.index(name), _bndbox(obj), difficult))
+        if include_difficult or not difficult:
+            classes.add(VOC_CLASSES.index(name))
+    return Annotation(sorted(classes), _annotation_size(root, path), len(objects), tuple(objects))
 
 
 def parse_annotation(path: Path, include_difficult: bool = True) -> list[int]:
@@ -357,6 +393,7 @@ class VOCDataset(Dataset):
             masks (the localisation split).
         transform: joint v2 transform called as ``t(image, mask)`` (or ``t(image)``) on
             ``tv_tensors.Image`` uint8 / ``tv_tensors.Mask``; ``None`` keeps the source size.
+            Labels never follow it; use ``augment`` for crops whose labels do.
         mean, std: normalisation applied after the transform.
         include_difficult: count objects marked ``difficult`` as positives.
         normalize: ``False`` leaves ``image`` uint8 (0..255), for a caller that crops first and
@@ -365,18 +402,31 @@ class VOCDataset(Dataset):
             in this folder instead of decoding the files (``build_store()`` makes it); ``None``
             reads the files.
         store_size: short side of the stored images (0: source size).
+        augment: the training augmentation, RandomResizedCrop(``image_size``, ``scale``,
+            ``ratio``) + horizontal flip, drawn per access from torch's global generator with the
+            draws of :func:`~attrpreserve.data.transforms.train_transform` (same seed, same
+            images), with label-aware crops (``min_visible``); excludes ``transform``.
+        image_size, scale, ratio: output size and crop ranges of ``augment``.
+        min_visible: a class stays in an augmented item's ``labels`` only while at least one of
+            its objects keeps at least this fraction of its XML box's area inside the crop
+            (:meth:`view_labels`); with masks, the pixels of a dropped class turn void (255).
+            ``0.0`` reproduces the paper's crop (labels never change).
 
-    Items: ``image`` float32 [3,H,W] normalised (uint8 with ``normalize=False``); ``labels`` float32 [20] multi-hot; ``mask``
-    int64 [H,W] (0 background, c+1 class c, 255 void; the source mask has the source image's size,
-    any resizing is the transform's); ``index`` int.
+    Items: ``image`` float32 [3,H,W] normalised (uint8 with ``normalize=False``); ``labels`` float32
+    [20] multi-hot (the crop's with ``augment``); ``mask`` int64 [H,W] (0 background, c+1 class c,
+    255 void; the source mask has the source image's size, any resizing is the transform's);
+    ``index`` int.
 
     Raises:
+        ValueError: a bad ``image_size``, ``scale``, ``ratio`` or ``min_visible``, or both
+            ``augment`` and ``transform``.
         FileNotFoundError: missing root, split file, image, XML or mask (named in the message).
         DataError: (a ValueError, naming the file and what was expected) at construction, for an
             empty split file or one listing an id twice, an unparsable XML, an unknown class name,
             or, in a classification split, an XML naming no object; when an item is read, for a
             corrupt image or mask, a mask whose size differs from its image's, or an image whose
-            size differs from its XML's ``<size>``.
+            size differs from its XML's ``<size>``; with ``min_visible > 0``, when a label-aware
+            crop meets a counted object without a valid ``<bndbox>``.
     """
 
     def __init__(
@@ -391,7 +441,20 @@ class VOCDataset(Dataset):
         normalize: bool = True,
         store_dir: str | os.PathLike | None = None,
         store_size: int = 0,
+        augment: bool = False,
+        image_size: int = 227,
+        scale: tuple[float, float] = T.DEFAULT_SCALE,
+        ratio: tuple[float, float] = T.DEFAULT_RATIO,
+        min_visible: float = 0.5,
     ) -> None:
+        self.augment = bool(augment)
+        if self.augment and transform is not None:
+            raise ValueError("Expected argument `transform` to be None with `augment=True` (the augmentation is the "
+                             f"transform), but got {transform!r}.")
+        self.image_size = check_int("image_size", image_size, 1)
+        self.scale = T.check_range("scale", scale, 0.0, 1.0)
+        self.ratio = T.check_range("ratio", ratio, 0.0, None)
+        self.min_visible = check_fraction("min_visible", min_visible, " (0.0 reproduces the paper's crop)")
         self.root = find_voc_root(root)
         self.normalize = bool(normalize)
         self.split, self.segmentation = split, segmentation
@@ -462,13 +525,67 @@ class VOCDataset(Dataset):
                             "a JPEG (or other image) PIL can decode") from None
         return height, width
 
+    def view_labels(self, index: int, box: Sequence[int]) -> Tensor:
+        """Labels of item ``index`` seen through crop ``box``: a class stays while at least one of
+        its objects keeps at least ``min_visible`` of its box's area inside the crop (what
+        augmented items use; a teacher-output cache uses it for its stored views).
+
+        Args:
+            index: item index.
+            box: ``(top, left, height, width)`` in the pixels of the image items are made from
+                (the stored image with a store, see :meth:`image_size_of`).
+
+        Returns:
+            float32 ``[20]`` multi-hot, a subset of ``labels[index]`` (equal to it for
+            ``min_visible=0`` or a crop holding every box).
+
+        Raises:
+            DataError: (a ValueError) with ``min_visible > 0``, a counted object has no valid
+                ``<bndbox>`` (its XML named).
+        """
+        if self.min_visible == 0.0:  # the paper's crop: no box needed, nothing read
+            return self.labels[index].clone()
+        frame = self.image_size_of(index)
+        return self._view_labels(index, box, frame, frame if self.store is None else self.store.source_size(index))
+
+    def _view_labels(self, index: int, box: Sequence[int], frame: tuple[int, int],
+                     source: tuple[int, int]) -> Tensor:
+        """:meth:`view_labels` with the crop's frame ``(h, w)`` and the source image's size known."""
+        if self.min_visible == 0.0:
+            return self.labels[index].clone()
+        top, left, height, width = (int(v) for v in box)
+        sy, sx = frame[0] / source[0], frame[1] / source[1]
+        labels = torch.zeros(len(VOC_CLASSES))
+        for k, obj in enumerate(self.annotations[index].objects):
+            if (obj.difficult and not self.include_difficult) or labels[obj.cls]:
+                continue
+            if obj.box is None:
+                path = self.annotation_path(index)
+                raise DataError(path, f"Object {k} ({VOC_CLASSES[obj.cls]}) of annotation {str(path)!r} has no "
+                                "valid <bndbox>, so a crop cannot tell whether it stays visible",
+                                "<bndbox> with integers xmin <= xmax and ymin <= ymax (or min_visible=0)")
+            xmin, ymin, xmax, ymax = obj.box
+            # 1-based inclusive pixels are the half-open area [xmin - 1, xmax); clipped to the image,
+            # then scaled into the frame the crop was drawn in (the stored image's with a store).
+            x0, x1 = max(xmin - 1, 0) * sx, min(xmax, source[1]) * sx
+            y0, y1 = max(ymin - 1, 0) * sy, min(ymax, source[0]) * sy
+            area = max(x1 - x0, 0.0) * max(y1 - y0, 0.0)
+            kept_w = max(min(x1, left + width) - max(x0, left), 0.0)
+            kept_h = max(min(y1, top + height) - max(y0, top), 0.0)
+            if kept_w * kept_h >= self.min_visible * area:
+                labels[obj.cls] = 1.0
+        return labels
+
     def fingerprint(self) -> str:
-        """Hash of what the items depend on (split, ids, labels, normalisation), not of the path."""
+        """Hash of what the items depend on (split, ids, labels, normalisation, augmentation), not
+        of the path."""
         h = hashlib.sha256(repr((self.split, self.segmentation, self.mean, self.std)).encode())
         h.update("\n".join(self.ids).encode())
         h.update(self.labels.numpy().tobytes())
         if not self.normalize:
             h.update(b"uint8")
+        if self.augment:  # un-augmented fingerprints (teacher-cache keys) stay as they were
+            h.update(repr(("augment", self.image_size, self.scale, self.ratio, self.min_visible)).encode())
         if self.store is not None:  # the files' names, sizes, mtimes and the stored size
             h.update(f"store:{self.store.key}".encode())
         return f"VOCDataset:{h.hexdigest()[:16]}"
@@ -479,24 +596,39 @@ class VOCDataset(Dataset):
         mask = None
         if self.store is not None:  # decoded, resized and checked once, when the store was built
             image = tv_tensors.Image(self.store.image(index))
+            source = self.store.source_size(index)
             if self.segmentation:
                 mask = tv_tensors.Mask(self.store.mask(index))
         else:
             image = tv_tensors.Image(read_image(self.image_path(index)))
-            size = tuple(image.shape[-2:])
+            size = source = tuple(image.shape[-2:])
             check_image_size(size, self.image_path(index), self.annotations[index], self.annotation_path(index))
             if self.segmentation:
                 raw = read_mask(self.mask_path(index))
                 check_mask_size(tuple(raw.shape), self.mask_path(index), size, self.image_path(index))
                 mask = tv_tensors.Mask(raw)
-        if self.transform is not None:
+        labels = self.labels[index].clone()
+        if self.augment:
+            frame = tuple(image.shape[-2:])
+            # torch's global generator, the draws v2's RandomResizedCrop + flip make: worker seeding
+            # and resume work as before, and min_visible=0 gives train_transform's images exactly.
+            box, flip = T.sample_view(None, frame[0], frame[1], self.scale, self.ratio)
+            labels = self._view_labels(index, box, frame, source)
+            image = T.apply_view(image, box, flip, self.image_size)
+            if mask is not None:
+                mask = T.apply_view(mask, box, flip, self.image_size)  # a tv Mask: nearest neighbour
+                lost = torch.nonzero(self.labels[index] > labels).flatten() + 1
+                if len(lost):  # a dropped class leaves void, not pixels of a class the labels deny;
+                    # not in place, as the crop may be a view of the store's mask
+                    mask = torch.where(torch.isin(mask, lost.to(mask.dtype)), IGNORE_INDEX, mask)
+        elif self.transform is not None:
             if mask is None:
                 image = self.transform(image)
             else:
                 image, mask = self.transform(image, mask)
         item: dict[str, Any] = {
             "image": T.normalize(image, self.mean, self.std) if self.normalize else plain(image),
-            "labels": self.labels[index].clone(),
+            "labels": labels,
             "index": index,
         }
         if mask is not None:
@@ -534,6 +666,12 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             ``test_dataloader``).
         scale, ratio: RandomResizedCrop ranges of the training augmentation.
         train_augment: crop + flip the training images (else resize like evaluation).
+        min_visible: label-aware crops: in a training crop a class stays in ``labels`` only while
+            at least one of its objects keeps at least this fraction of its XML box's area
+            inside the crop (boxes scaled to the stored image with ``store``); the teacher
+            cache's views get their labels the same way. ``0.0`` reproduces the paper's crop
+            (labels never change); a small crop often cuts a small object out, and its label
+            then is noise. Evaluation splits are never cropped.
         include_difficult: count ``difficult`` objects as positives (the reference code does).
         mean, std: normalisation (paper's VOC statistics by default).
         pin_memory: ``None`` pins when CUDA is available.
@@ -580,6 +718,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         scale: tuple[float, float] = T.DEFAULT_SCALE,
         ratio: tuple[float, float] = T.DEFAULT_RATIO,
         train_augment: bool = True,
+        min_visible: float = 0.5,
         include_difficult: bool = True,
         mean: tuple[float, float, float] = VOC_MEAN,
         std: tuple[float, float, float] = VOC_STD,
@@ -612,6 +751,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         self.ratio = T.check_range("ratio", ratio, 0.0, None)
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
         self.train_augment, self.include_difficult, self.pin_memory = train_augment, include_difficult, pin_memory
+        self.min_visible = check_fraction("min_visible", min_visible, " (0.0 reproduces the paper's crop)")
         self.root = root
         if not isinstance(store, bool):
             raise ValueError(f"Expected argument `store` to be a bool, but got {store!r}.")
@@ -639,12 +779,15 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         return VOC_CLASSES
 
     def _dataset(self, split: str, segmentation: bool, train: bool) -> VOCDataset:
-        if train and self.train_augment:
-            transform = T.train_transform(self.image_size, self.scale, self.ratio)
-        else:
-            transform = T.eval_transform(self.image_size)
-        return VOCDataset(self.root, split, segmentation=segmentation, transform=transform, mean=self.mean,
-                          std=self.std, include_difficult=self.include_difficult, **self._store_args())
+        augment = train and self.train_augment
+        return VOCDataset(self.root, split, segmentation=segmentation,
+                          transform=None if augment else T.eval_transform(self.image_size), mean=self.mean,
+                          std=self.std, include_difficult=self.include_difficult, augment=augment,
+                          **self._view_args(), **self._store_args())
+
+    def _view_args(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "scale": self.scale, "ratio": self.ratio,
+                "min_visible": self.min_visible}
 
     def _store_args(self) -> dict[str, Any]:
         return {"store_dir": self.store_dir, "store_size": self.store_size} if self.store else {}
@@ -671,9 +814,10 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
 
     def source_dataset(self, split: str | None = None) -> VOCDataset:
         """Un-augmented uint8 items at source resolution (the stored one with ``store``), for a
-        teacher-output cache's views: :meth:`apply_view` crops them and normalises the result."""
+        teacher-output cache's views: :meth:`apply_view` crops them and normalises the result,
+        and ``view_labels`` gives the labels of a view (this module's ``min_visible``)."""
         dataset = VOCDataset(self.root, split or self.hparams.train_split, transform=None, mean=self.mean,
                              std=self.std, include_difficult=self.include_difficult, normalize=False,
-                             **self._store_args())
+                             **self._view_args(), **self._store_args())
         self._build_stores([dataset])
         return dataset
