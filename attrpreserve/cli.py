@@ -245,7 +245,8 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     """``attrpreserve evaluate``: load, evaluate, print the table, write JSON/CSV (and wandb)."""
     from attrpreserve.attribution.methods import check_method
     from attrpreserve.data import SyntheticDataModule, VOCDataModule
-    from attrpreserve.evaluate import evaluate, format_table, log_summary
+    from attrpreserve.evaluate import evaluate
+    from attrpreserve.evaluation.report import format_table, log_summary
     from attrpreserve.models.weights import file_digest, read_checkpoint
     from attrpreserve.modules import DistillationModule, load_module, load_network
 

@@ -56,63 +56,28 @@ methods). With a teacher, the pairs are those the *student* keeps under the prot
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import chain, islice
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from attrpreserve.attribution.methods import (
-    attribute, attribution_scope, check_method, get_method, predict_and_attribute,
+from attrpreserve.evaluation.checks import (
+    check_batch, check_extras, check_flag, check_methods, check_positive_int, check_protocol,
 )
-from attrpreserve.data.common import IGNORE_INDEX
-from attrpreserve.evaluation.pairs import ground_truth, pair_targets, present_classes
-from attrpreserve.evaluation.per_class import per_class_rows, write_per_class
-from attrpreserve.evaluation.records import PairRecords
-from attrpreserve.evaluation.faithfulness import faithfulness_aucs
-from attrpreserve.evaluation.rows import (
-    RowMetrics, compute_quietly, faithfulness_metrics, faithfulness_values, records_of,
+from attrpreserve.evaluation.evaluator import AttributionEvaluator, module_device
+from attrpreserve.evaluation.pairs import present_classes
+from attrpreserve.evaluation.per_class import write_per_class
+from attrpreserve.evaluation.protocol import PROTOCOLS, Protocol
+# The report I/O lives in attrpreserve.evaluation.report; these names stay importable from here.
+from attrpreserve.evaluation.report import (
+    CI_FIELDS, CSV_FIELDS, EXTRA_FIELDS, METHOD_FIELDS, evaluation_provenance, format_table, load_results,
+    log_results, log_summary, package_versions, save_results, summary_values,
 )
-from attrpreserve.metrics import classification_metrics
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """Which pairs are scored and how the pointing game counts.
-
-    Attributes:
-        predicted_only: score only ground-truth classes with logit > 0.
-        tolerance: pointing-game radius in pixels.
-        average: ``"micro"`` (over maps) or ``"class"`` (per class, then the mean over all classes,
-            as TorchRay; also reports the difficult subset).
-    """
-
-    predicted_only: bool
-    tolerance: float
-    average: str
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    "paper": Protocol(predicted_only=True, tolerance=0, average="micro"),
-    "torchray": Protocol(predicted_only=False, tolerance=15, average="class"),
-    "all": Protocol(predicted_only=False, tolerance=0, average="micro"),
-}
-
-METHOD_FIELDS = ("auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped")
-EXTRA_FIELDS = ("energy", "point_acc_difficult", "num_pairs_difficult", "deletion", "insertion")
-CI_FIELDS = ("point_acc_ci", "auc_ci")
-CSV_FIELDS = ("method", "map", "map_image", "f1", "auc", "point_acc", "cos", "l2", "num_pairs", "num_skipped",
-              "num_images", "protocol", "row", *EXTRA_FIELDS, "point_acc_ci_low", "point_acc_ci_high", "auc_ci_low",
-              "auc_ci_high")
 
 
 def evaluate(
@@ -143,6 +108,10 @@ def evaluate(
     each process scores every ``world_size``-th batch and the metrics and counters are summed
     over the processes: every rank returns the single-process result, rank 0 alone logs and
     writes ``out``.
+
+    The scores accumulate in an :class:`~attrpreserve.evaluation.AttributionEvaluator`, one
+    ``update`` per batch; a ``test_step`` can use the same object (``test_localization`` of the
+    LightningModules), and the report I/O lives in :mod:`attrpreserve.evaluation.report`.
 
     Args:
         model: classifier ``[B, 3, H, W] -> [B, K]`` logits (e.g. ``module.student``); used in eval
@@ -214,68 +183,45 @@ def evaluate(
         >>> list(result["baselines"]), len(result["per_class"])
         (['center'], 6)
     """
-    rules = _check_arguments(model, methods, protocol, teacher, count_void_as_background, max_batches, progress,
+    names = _check_arguments(model, methods, protocol, teacher, count_void_as_background, max_batches, progress,
                              method_kwargs)
-    names = [methods] if isinstance(methods, str) else list(methods)
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise ValueError(f"Expected argument `max_images` to be a positive int or None, but got {max_images!r}.")
+    check_positive_int("max_images", max_images, optional=True)
     if teacher_method_kwargs is not None:
-        _check_arguments(model, names, protocol, teacher, count_void_as_background, None, progress,
-                         teacher_method_kwargs)
-    extra = _check_extras(baselines, bootstrap, seed, class_names, names)
-    for arg, value in (("faithfulness", faithfulness),):
-        if not isinstance(value, bool):
-            raise ValueError(f"Expected argument `{arg}` to be a bool, but got {value!r}.")
-    if isinstance(faithfulness_steps, bool) or not isinstance(faithfulness_steps, int) or faithfulness_steps < 1:
-        raise ValueError(f"Expected argument `faithfulness_steps` to be a positive int, but got "
-                         f"{faithfulness_steps!r}.")
-    kwargs = {name: dict((method_kwargs or {}).get(name, {})) for name in names}
-    teacher_kwargs = {name: dict((teacher_method_kwargs or method_kwargs or {}).get(name, {})) for name in names}
+        check_methods(names, teacher_method_kwargs)
+    check_extras(baselines, bootstrap, seed, class_names, names)
+    check_flag("faithfulness", faithfulness)
+    check_positive_int("faithfulness_steps", faithfulness_steps)
     world, rank = _world()
     batches, total = _batches(data, max_batches, world, rank, max_images)
     first = next(batches, None)
     if first is None:
         raise ValueError("Expected argument `data` to yield at least one batch, but it yielded none.")
-    num_classes = _check_batch(first, 0, None)
+    num_classes = check_batch(first, 0, None)
     for name, net in (("model", model), ("teacher", teacher)):
         declared = getattr(net, "num_classes", None) if net is not None else None
         if isinstance(declared, int) and declared != num_classes:
             raise ValueError(f"Expected argument `{name}` to have {num_classes} outputs (the batches' labels), "
                              f"but it declares num_classes={declared}.")
 
-    device = _device(model)
-    known = class_names or getattr(data, "class_names", None)
-    predictive = classification_metrics(
-        num_classes, class_names=list(known) if known is not None and len(known) == num_classes else None).to(device)
-    # maps come min-max normalised from `attribute` and targets are built here: no re-validation needed
-    rows = {n: RowMetrics(rules.tolerance, rules.average, num_classes, device, teacher is not None and n in names,
-                          faithfulness) for n in [*names, *extra]}
-    faith = _Faithfulness(faithfulness_steps, seed, device) if faithfulness else None
-    # batch/pair: each pair's place in the single-process order; processes gather their records
-    # rank by rank, and the bootstrap must resample the same sequence however many there were.
-    pairs = PairRecords(("classes", "difficult", "batch", "pair")).to(device)
-    counts = {"images": 0, "pairs": 0, "skipped": 0}
-
-    with attribution_scope(model, teacher), _Progress(progress and rank == 0, total) as advance:
+    evaluator = AttributionEvaluator(
+        num_classes, names, protocol, teacher is not None, count_void_as_background, method_kwargs,
+        teacher_method_kwargs, baselines, bootstrap, seed, class_names or getattr(data, "class_names", None),
+        faithfulness, faithfulness_steps,
+    ).to(module_device(model))
+    with _Progress(progress and rank == 0, total) as advance:
         for index, batch in enumerate(chain([first], batches)):
-            if index:
-                _check_batch(batch, index, num_classes)
-            _score_batch(model, teacher, batch, names, extra, kwargs, teacher_kwargs, rules, count_void_as_background,
-                         device, predictive, rows, pairs, counts, faith, index * world + rank)
+            evaluator.update(batch, model, teacher, batch_index=index * world + rank)
             advance()
 
-    if world > 1:  # the metrics sync themselves at compute(); the counters are ours to sum
-        counts = _sum_over_ranks(counts, device)
-    result = _results(names, extra, protocol, rules, count_void_as_background, predictive, rows, pairs, counts,
-                      bootstrap, seed)
-    if faith is not None:
-        result["faithfulness"] = {"steps": faithfulness_steps, "baseline": 0.0,
-                                  "random": faithfulness_values(faith.random)}
-    result["per_class"] = _per_class(rows, pairs, num_classes, class_names or getattr(data, "class_names", None))
-    result["provenance"] = {**_provenance(model, teacher, names, kwargs, teacher_kwargs, max_images, max_batches),
-                            "baselines": list(extra), "bootstrap": {"resamples": bootstrap, "seed": seed,
-                                                                    "level": 0.95},
-                            **dict(provenance or {})}
+    result = evaluator.compute()
+    result["per_class"] = evaluator.per_class()
+    result["provenance"] = {
+        **evaluation_provenance(model, teacher, names, evaluator.method_kwargs, evaluator.teacher_method_kwargs,
+                                max_images, max_batches),
+        "baselines": list(evaluator.baselines),
+        "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
+        **dict(provenance or {}),
+    }
     if rank == 0:
         if logger is not None:
             log_results(logger, result)
@@ -292,485 +238,23 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def _sum_over_ranks(counts: dict[str, int], device: torch.device) -> dict[str, int]:
-    on = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([counts[k] for k in counts], dtype=torch.int64, device=on)
-    torch.distributed.all_reduce(values)
-    return dict(zip(counts, values.tolist()))
-
-
-# -- per batch --------------------------------------------------------------------------------------
-def _score_batch(
-    model: nn.Module, teacher: nn.Module | None, batch: Mapping[str, Any], names: list[str], extra: list[str],
-    kwargs: dict[str, dict[str, Any]], teacher_kwargs: dict[str, dict[str, Any]], rules: Protocol,
-    count_void: bool, device: torch.device, predictive: Any, rows: dict[str, RowMetrics], pairs: PairRecords,
-    counts: dict[str, int], faith: _Faithfulness | None = None, batch_index: int = 0,
-) -> None:
-    images = batch["image"].to(device)
-    labels = batch["labels"].to(device)
-    num_classes = labels.shape[1]
-    scorable, present = (t.to(device) for t in ground_truth(batch, num_classes))
-
-    def select(logits: Tensor) -> tuple[Tensor, Tensor]:
-        if tuple(logits.shape) != (images.shape[0], num_classes):
-            raise ValueError(f"Expected the model output to be [B={images.shape[0]}, K={num_classes}] logits, "
-                             f"but got {tuple(logits.shape)}.")
-        keep = scorable & (logits > 0) if rules.predicted_only else scorable
-        return keep.nonzero(as_tuple=True)
-
-    # the first layer method (Grad-CAM, SWA, EWA) shares its forward with the prediction
-    shared = next((name for name in names if get_method(name).layer_rule is not None), None)
-    maps_by_method: dict[str, Tensor] = {}
-    if shared is not None:
-        logits, image_index, classes, maps = predict_and_attribute(
-            model, images, select, shared, normalize=True, **kwargs[shared])
-        maps_by_method[shared] = maps
-    else:
-        with torch.no_grad():
-            logits = model(images)
-        image_index, classes = select(logits)
-    predictive.update(logits.sigmoid(), labels.round().int())
-    counts["images"] += images.shape[0]
-    counts["pairs"] += image_index.numel()
-    counts["skipped"] += int(present.sum()) - image_index.numel()
-    if image_index.numel() == 0:
-        return
-    targets = pair_targets(batch, image_index, classes, present, count_void, device)
-    pairs.update(classes=classes, difficult=targets.difficult,
-                 batch=torch.full_like(classes, batch_index, dtype=torch.float32),
-                 pair=torch.arange(classes.numel(), device=classes.device, dtype=torch.float32))
-    for name in [*names, *extra]:
-        maps = maps_by_method.pop(name, None)
-        if maps is None:
-            maps = attribute(model, images, classes, name, image_index=image_index, normalize=True,
-                             **kwargs.get(name, {}))
-        teacher_maps = None
-        if teacher is not None and name in names:
-            teacher_device = _device(teacher)
-            teacher_maps = attribute(teacher, images.to(teacher_device), classes.to(teacher_device), name,
-                                     image_index=image_index.to(teacher_device), normalize=True,
-                                     **teacher_kwargs[name])
-        rows[name].update(maps, targets, classes, teacher_maps)
-        if faith is not None:
-            rows[name].update_faithfulness(faith.aucs(model, images[image_index], classes, maps))
-    if faith is not None:
-        faith.update_random(model, images[image_index], classes, batch_index)
-
-
-class _Faithfulness:
-    """Deletion/insertion settings and the random-order reference (synced means)."""
-
-    def __init__(self, steps: int, seed: int, device: torch.device) -> None:
-        self.steps, self.seed = steps, seed
-        self.random = faithfulness_metrics(device)
-
-    def aucs(self, model: nn.Module, images: Tensor, classes: Tensor, maps: Tensor,
-             generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        return faithfulness_aucs(model, images, classes, maps, self.steps, generator=generator)
-
-    def update_random(self, model: nn.Module, images: Tensor, classes: Tensor, batch_index: int) -> None:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index)
-        for mode, values in self.aucs(model, images, classes, images[:, 0], generator).items():
-            self.random[mode].update(values)
-
-
-# -- results --------------------------------------------------------------------------------------
-def _single_process_order(batch: Tensor, pair: Tensor) -> Tensor:
-    """The permutation that sorts gathered records by (batch, pair): one process's order.
-
-    Example:
-        >>> _single_process_order(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0.0, 1.0, 0.0]))
-        tensor([2, 0, 1])
-    """
-    key = batch.double() * (float(pair.max()) + 1 if pair.numel() else 1.0) + pair.double()
-    return torch.argsort(key, stable=True)
-
-
-def _results(
-    names: list[str], extra: list[str], protocol: str, rules: Protocol, count_void: bool, predictive: Any,
-    rows: dict[str, RowMetrics], pairs: PairRecords, counts: dict[str, int], resamples: int, seed: int,
-) -> dict[str, Any]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # empty metrics: one warning of ours replaces theirs
-        warnings.filterwarnings("default", message=".*no positive target.*")  # but say which classes mAP skips
-        scores = predictive.compute()
-    metrics: dict[str, Any] = {key: float(value) for key, value in scores.items()}
-    metrics["num_images"] = counts["images"]
-    scored = counts["pairs"] > 0
-    shared = records_of(pairs)
-    order = _single_process_order(shared["batch"], shared["pair"])
-    classes, difficult = shared["classes"].long()[order], shared["difficult"].bool()[order]
-    entries: dict[str, dict[str, Any]] = {}
-    for name in [*names, *extra]:
-        entry = rows[name].entry(scored, classes, difficult, resamples, seed, order)
-        entry["num_pairs"], entry["num_skipped"] = counts["pairs"], counts["skipped"]
-        entries[name] = entry
-    if not scored:
-        why = (f"the model predicted none of the {counts['skipped']} ground-truth (image, class) pairs positive "
-               "(logit > 0)" if rules.predicted_only else "the masks hold no class pixels")
-        warnings.warn(
-            f"evaluate: no (image, class) pair was scored under protocol {protocol!r}: {why}. The localisation "
-            f"metrics (auc, point_acc, cos, l2) of {', '.join(names)} are nan and num_pairs is 0.",
-            UserWarning, stacklevel=3,
-        )
-    elif rules.average == "class":
-        unseen = sorted(set(range(next(iter(rows.values())).num_classes)) - set(classes.tolist()))
-        if unseen:
-            warnings.warn(f"evaluate: protocol {protocol!r} averages point accuracy over all classes as TorchRay "
-                          f"does; classes {unseen} had no scored pair and count as 0.", UserWarning, stacklevel=3)
-    return {
-        "metrics": metrics,
-        "methods": {name: entries[name] for name in names},
-        "baselines": {name: entries[name] for name in extra},
-        "protocol": {"name": protocol, "predicted_only": rules.predicted_only, "tolerance": rules.tolerance,
-                     "average": rules.average, "count_void_as_background": count_void},
-    }
-
-
-def _per_class(rows: dict[str, RowMetrics], pairs: PairRecords, num_classes: int,
-               class_names: Sequence[str] | None) -> list[dict[str, Any]]:
-    classes = records_of(pairs)["classes"]
-    names = list(class_names) if class_names is not None and len(class_names) == num_classes else None
-    return per_class_rows({name: row.record_values() for name, row in rows.items()}, classes, num_classes, names)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages whose code computes the numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("attrpreserve", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "captum", "zennit"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def _network_provenance(net: nn.Module | None) -> dict[str, Any] | None:
-    if net is None:
-        return None
-    from attrpreserve.models import model_spec
-
-    return {"class": type(net).__name__, "spec": model_spec(net),
-            "parameters": sum(p.numel() for p in net.parameters())}
-
-
-def _method_settings(name: str, knobs: Mapping[str, Any], net: nn.Module | None) -> dict[str, Any]:
-    """The method's knobs, with its layer as given and as the dotted module name it resolved to."""
-    from attrpreserve.models.layers import resolve_layer_name
-
-    settings = {k: v for k, v in knobs.items()}
-    rule = get_method(name).layer_rule
-    if rule is not None and net is not None:
-        given = knobs.get("layer") or rule.default_layer or getattr(net, "default_attribution_layer", None)
-        settings["layer"] = given
-        try:
-            settings["layer_module"] = resolve_layer_name(net, given)
-        except ValueError:
-            settings["layer_module"] = None
-    return settings
-
-
-def _provenance(model: nn.Module, teacher: nn.Module | None, names: list[str], kwargs: dict[str, dict[str, Any]],
-                teacher_kwargs: dict[str, dict[str, Any]], max_images: int | None,
-                max_batches: int | None) -> dict[str, Any]:
-    return {
-        "model": _network_provenance(model),
-        "teacher": _network_provenance(teacher),
-        "methods": {name: _method_settings(name, kwargs[name], model) for name in names},
-        "teacher_methods": ({name: _method_settings(name, teacher_kwargs[name], teacher) for name in names}
-                            if teacher is not None else None),
-        "max_images": max_images,
-        "max_batches": max_batches,
-        "versions": package_versions(),
-    }
-
-
-def _cell(value: Any, scale: float, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value * scale:.{digits}f}"
-
-
-def _rows(result: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, Any]]]:
-    """``(name, kind, entry)`` of every row: the methods, then the model-free baselines."""
-    return ([(n, "method", e) for n, e in result["methods"].items()]
-            + [(n, "baseline", e) for n, e in result.get("baselines", {}).items()])
-
-
-def _interval(entry: Mapping[str, Any], key: str) -> str:
-    low, high = entry.get(key) or (None, None)
-    if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return "-"
-    return f"{100 * low:.1f}-{100 * high:.1f}"
-
-
-def _table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "mAP", "F1", "AUC", "point acc", "cos", "l2", "pairs", "energy", "point acc 95% CI"]
-    metrics = result["metrics"]
-    rows = []
-    for name, kind, entry in _rows(result):
-        rows.append([
-            name if kind == "method" else f"{name} (baseline)", _cell(metrics.get("map"), 100, 2),
-            _cell(metrics.get("f1"), 100, 2), _cell(entry["auc"], 100, 2), _cell(entry["point_acc"], 100, 2),
-            _cell(entry["cos"], 1, 3), _cell(entry["l2"], 1, 2), str(entry["num_pairs"]),
-            _cell(entry.get("energy"), 100, 2), _interval(entry, "point_acc_ci"),
-        ])
-    if "faithfulness" in result:  # deletion (lower is better) and insertion AUCs, random order last
-        header += ["deletion", "insertion"]
-        for row, (_, _, entry) in zip(rows, _rows(result)):
-            row += [_cell(entry.get("deletion"), 100, 2), _cell(entry.get("insertion"), 100, 2)]
-        random = result["faithfulness"]["random"]
-        rows.append(["random order", *["" for _ in header[1:-2]], _cell(random["deletion"], 100, 2),
-                     _cell(random["insertion"], 100, 2)])
-    return header, rows
-
-
-def format_table(result: Mapping[str, Any], plain: bool = False) -> str:
-    """The result as a table: one row per method, then one per model-free baseline (``center``:
-    what guessing the image centre scores); mAP (per-class VOC), F1, AUC and point accuracy in
-    percent, cos and l2 to the teacher ("-" where not computed), scored pairs, energy share in
-    percent and the bootstrap 95% interval of the point accuracy.
-
-    Args:
-        result: what :func:`evaluate` returned (or :func:`load_results` read).
-        plain: plain aligned text instead of a rich table.
-
-    Example:
-        >>> nan = float("nan")
-        >>> result = {"metrics": {"map": 0.9, "f1": 0.75}, "protocol": {"name": "paper"},
-        ...           "methods": {"gradcam": {"auc": 0.8812, "point_acc": 0.8, "cos": nan, "l2": nan,
-        ...                                   "num_pairs": 10, "num_skipped": 2, "energy": 0.5,
-        ...                                   "point_acc_ci": [0.6, 0.95]}},
-        ...           "baselines": {"center": {"auc": 0.7, "point_acc": 0.5, "cos": nan, "l2": nan,
-        ...                                    "num_pairs": 10, "num_skipped": 2}}}
-        >>> print(format_table(result, plain=True))
-        method             mAP    F1     AUC    point acc  cos  l2  pairs  energy  point acc 95% CI
-        gradcam            90.00  75.00  88.12  80.00      -    -   10     50.00   60.0-95.0
-        center (baseline)  90.00  75.00  70.00  50.00      -    -   10     -       -
-    """
-    header, rows = _table_rows(result)
-    if plain:
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-        return "\n".join(lines)
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table
-
-    protocol = result.get("protocol", {}).get("name", "?")
-    table = Table(title=f"attribution evaluation (protocol {protocol})")
-    for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    buffer = StringIO()
-    Console(file=buffer, width=120, color_system=None, force_terminal=False).print(table)
-    return buffer.getvalue().rstrip("\n")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def save_results(result: Mapping[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``results.json`` (the whole result, nan as ``null``) and ``results.csv`` (one row per
-    method, then per baseline, column ``row``; nan as ``nan``) into ``out_dir`` (created).
-
-    Returns:
-        The two paths.
-
-    Example:
-        >>> import tempfile
-        >>> result = {"metrics": {"map": 0.5, "map_image": 0.6, "f1": 0.4, "num_images": 2},
-        ...           "protocol": {"name": "paper"},
-        ...           "methods": {"gradcam": {"auc": 0.75, "point_acc": 1.0, "cos": float("nan"),
-        ...                                   "l2": float("nan"), "num_pairs": 3, "num_skipped": 1}}}
-        >>> folder = tempfile.mkdtemp()
-        >>> json_path, csv_path = save_results(result, folder)
-        >>> json_path.name, csv_path.read_text().splitlines()[1]
-        ('results.json', 'gradcam,0.5,0.6,0.4,0.75,1.0,nan,nan,3,1,2,paper,method,,,,,,,,,')
-        >>> math.isnan(load_results(folder)["methods"]["gradcam"]["cos"])
-        True
-    """
-    folder = Path(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = folder / "results.json", folder / "results.csv"
-    json_path.write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
-    metrics = result["metrics"]
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_FIELDS)
-        for name, kind, entry in _rows(result):
-            low_high = [v for key in CI_FIELDS for v in (entry.get(key) or (None, None))]
-            writer.writerow([
-                name, metrics.get("map"), metrics.get("map_image"), metrics.get("f1"),
-                *(entry[key] for key in METHOD_FIELDS), metrics.get("num_images"),
-                result.get("protocol", {}).get("name", ""), kind, *(entry.get(key) for key in EXTRA_FIELDS),
-                *low_high,
-            ])
-    return json_path, csv_path
-
-
-def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``results.json`` written by :func:`save_results` (``null`` numbers back to nan).
-
-    Raises:
-        FileNotFoundError: no ``results.json`` in ``out_dir``.
-    """
-    path = Path(out_dir) / "results.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"Expected {str(path)!r} (written by save_results), but it does not exist.")
-    result = json.loads(path.read_text())
-    nan = float("nan")
-    for key in ("map", "map_image", "f1"):
-        if key in result["metrics"] and result["metrics"][key] is None:
-            result["metrics"][key] = nan
-    for entry in [*result["methods"].values(), *result.get("baselines", {}).values()]:
-        for key in ("auc", "point_acc", "cos", "l2", "energy", "point_acc_difficult", "deletion", "insertion"):
-            if key in entry and entry[key] is None:
-                entry[key] = nan
-        for key in CI_FIELDS:
-            if key in entry:
-                entry[key] = [nan if v is None else v for v in entry[key]]
-    random = result.get("faithfulness", {}).get("random", {})
-    for key in random:
-        random[key] = nan if random[key] is None else random[key]
-    for row in result.get("per_class", []):
-        for key in ("point_acc", "auc", "energy"):
-            if row.get(key, 0) is None:
-                row[key] = nan
-    return result
-
-
-def log_results(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -> None:
-    """Send the result to a Lightning logger: a ``wandb.Table`` for a ``WandbLogger``
-    (``logger.log_table``), otherwise the finite numbers through ``log_metrics`` as
-    ``{key}/map``, ``{key}/{method}/auc``, ...
-
-    Raises:
-        ValueError: ``logger`` has neither ``log_table`` (WandbLogger) nor ``log_metrics``.
-    """
-    from pytorch_lightning.loggers import WandbLogger
-
-    if isinstance(logger, WandbLogger):
-        header, _ = _table_rows(result)
-        metrics = result["metrics"]
-        data = [[name if kind == "method" else f"{name} (baseline)", metrics.get("map"), metrics.get("f1"),
-                 entry["auc"], entry["point_acc"], entry["cos"], entry["l2"], entry["num_pairs"], entry.get("energy"),
-                 _interval(entry, "point_acc_ci")] for name, kind, entry in _rows(result)]
-        if "faithfulness" in result:
-            random = result["faithfulness"]["random"]
-            data = [row + [entry.get("deletion"), entry.get("insertion")] for row, (_, _, entry)
-                    in zip(data, _rows(result))]
-            data.append(["random order", *[None] * (len(header) - 3), random["deletion"], random["insertion"]])
-        logger.log_table(key=f"{key}/table", columns=header, data=[[_jsonable(v) for v in row] for row in data])
-        return
-    if not callable(getattr(logger, "log_metrics", None)):
-        raise ValueError(f"Expected argument `logger` to be a Lightning logger (log_metrics), but got "
-                         f"{type(logger).__name__}.")
-    logger.log_metrics(summary_values(result, key))
-    if callable(getattr(logger, "save", None)):
-        logger.save()
-
-
-def summary_values(result: Mapping[str, Any], key: str = "evaluate") -> dict[str, float]:
-    """The finite numbers of a result as flat ``{key}/map``, ``{key}/{method}/point_acc``, ... entries
-    (baselines as ``{key}/{baseline}/...``; intervals as ``..._ci_low``/``..._ci_high``).
-
-    Example:
-        >>> summary_values({"metrics": {"map": 0.5, "num_images": 4},
-        ...                 "methods": {"gradcam": {"auc": 0.9, "cos": float("nan"), "num_pairs": 3}}})
-        {'evaluate/map': 0.5, 'evaluate/num_images': 4.0, 'evaluate/gradcam/auc': 0.9, 'evaluate/gradcam/num_pairs': 3.0}
-    """
-    flat: dict[str, Any] = {f"{key}/{name}": value for name, value in result["metrics"].items()}
-    for method, _, entry in _rows(result):
-        for name, value in entry.items():
-            if isinstance(value, (list, tuple)) and len(value) == 2:
-                flat.update({f"{key}/{method}/{name}_low": value[0], f"{key}/{method}/{name}_high": value[1]})
-            else:
-                flat[f"{key}/{method}/{name}"] = value
-    return {k: float(v) for k, v in flat.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(float(v))}
-
-
-def log_summary(logger: Any, result: Mapping[str, Any], key: str = "evaluate") -> None:
-    """Put the result's numbers into a ``WandbLogger`` run's summary (what a dashboard's run table
-    shows and filters on) and its protocol and provenance into the run's config."""
-    experiment = logger.experiment
-    experiment.summary.update(summary_values(result, key))
-    experiment.config.update({key.replace("/", "_"): _jsonable({"protocol": result.get("protocol"),
-                                                                 "provenance": result.get("provenance")})},
-                             allow_val_change=True)
-
-
 # -- helpers --------------------------------------------------------------------------------------
 def _check_arguments(
     model: Any, methods: Any, protocol: Any, teacher: Any, count_void: Any, max_batches: Any, progress: Any,
     method_kwargs: Any,
-) -> Protocol:
+) -> list[str]:
+    """Check the arguments that need no data (before any model work); the method names."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     if teacher is not None and not isinstance(teacher, nn.Module):
         raise ValueError(f"Expected argument `teacher` to be a torch.nn.Module or None, but got "
                          f"{type(teacher).__name__}.")
-    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-        raise ValueError(f"Expected argument `protocol` to be one of {sorted(PROTOCOLS)}, but got {protocol!r}.")
-    names = [methods] if isinstance(methods, str) else methods
-    if not isinstance(names, Sequence) or not names or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"Expected argument `methods` to be a method name or a non-empty sequence of names, "
-                         f"but got {methods!r}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Expected argument `methods` to name each method once, but got {list(names)}.")
-    if method_kwargs is not None and not isinstance(method_kwargs, Mapping):
-        raise ValueError(f"Expected argument `method_kwargs` to be a mapping method -> dict, but got "
-                         f"{type(method_kwargs).__name__}.")
-    extra = sorted(set(method_kwargs or {}) - set(names))
-    if extra:
-        raise ValueError(f"Expected the keys of `method_kwargs` to be among the evaluated methods {list(names)}, "
-                         f"but got {extra}.")
-    for name in names:
-        knobs = dict((method_kwargs or {}).get(name, {}))
-        reserved = sorted(set(knobs) & {"image_index", "normalize", "classes", "images", "model", "method"})
-        if reserved:
-            raise ValueError(f"Expected `method_kwargs[{name!r}]` to hold `layer`, `relu` or method knobs, but got "
-                             f"{reserved} (set by evaluate).")
-        knobs.pop("layer", None)
-        knobs.pop("relu", None)
-        check_method(name, knobs)
-    for arg, value in (("count_void_as_background", count_void), ("progress", progress)):
-        if not isinstance(value, bool):
-            raise ValueError(f"Expected argument `{arg}` to be a bool, but got {value!r}.")
-    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
-                                    or max_batches < 1):
-        raise ValueError(f"Expected argument `max_batches` to be a positive int or None, but got {max_batches!r}.")
-    return PROTOCOLS[protocol]
-
-
-def _check_extras(baselines: Any, bootstrap: Any, seed: Any, class_names: Any, names: list[str]) -> list[str]:
-    """Check the baseline rows, bootstrap settings and class names; the baselines not already methods."""
-    listed = [baselines] if isinstance(baselines, str) else baselines
-    if not isinstance(listed, Sequence) or not all(isinstance(n, str) for n in listed):
-        raise ValueError(f"Expected argument `baselines` to be a method name or a sequence of names, but got "
-                         f"{baselines!r}.")
-    for name in listed:
-        check_method(name)
-    for arg, value, low in (("bootstrap", bootstrap, 0), ("seed", seed, None)):
-        if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            raise ValueError(f"Expected argument `{arg}` to be an int{' >= 0' if low is not None else ''}, but got "
-                             f"{value!r}.")
-    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
-        raise ValueError(f"Expected argument `class_names` to be a sequence of names or None, but got "
-                         f"{class_names!r}.")
-    return [name for name in dict.fromkeys(listed) if name not in names]
+    check_protocol(protocol)
+    names = check_methods(methods, method_kwargs)
+    check_flag("count_void_as_background", count_void)
+    check_flag("progress", progress)
+    check_positive_int("max_batches", max_batches, optional=True)
+    return names
 
 
 def _first_images(batches: Iterator[Mapping[str, Any]], limit: int) -> Iterator[Mapping[str, Any]]:
@@ -820,65 +304,6 @@ def _batches(data: Any, max_batches: int | None, world: int = 1, rank: int = 0,
         iterator = islice(iterator, rank, None, world)
         total = None if total is None else len(range(rank, total, world))
     return iterator, total
-
-
-def _check_batch(batch: Any, index: int, num_classes: int | None) -> int:
-    """Validate one batch (keys, shapes, dtypes, mask or box values); returns its number of classes."""
-    where = f"batch {index}"
-    if not isinstance(batch, Mapping) or not {"image", "labels"} <= set(batch) or not {"mask", "boxes"} & set(batch):
-        keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-        raise ValueError(f"Expected {where} to be a dict with 'image', 'labels' and 'mask' (or 'boxes'), but got "
-                         f"{keys}.")
-    truth = "boxes" if "boxes" in batch else "mask"
-    images, labels = batch["image"], batch["labels"]
-    if not all(isinstance(t, Tensor) for t in (images, labels, batch[truth])):
-        raise ValueError(f"Expected {where}: 'image', 'labels' and '{truth}' to be tensors.")
-    if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"Expected {where}: 'image' to be a float [B, 3, H, W] tensor, but got shape "
-                         f"{tuple(images.shape)} dtype {images.dtype}.")
-    b = images.shape[0]
-    if labels.ndim != 2 or labels.shape[0] != b:
-        raise ValueError(f"Expected {where}: 'labels' to be [B={b}, K], but got {tuple(labels.shape)}.")
-    if num_classes is not None and labels.shape[1] != num_classes:
-        raise ValueError(f"Expected {where}: 'labels' to have K={num_classes} columns like the first batch, but got "
-                         f"{labels.shape[1]}.")
-    (_check_boxes if truth == "boxes" else _check_masks)(batch, where, labels.shape[1])
-    return labels.shape[1]
-
-
-def _check_masks(batch: Mapping[str, Any], where: str, k: int) -> None:
-    b, _, h, w = batch["image"].shape
-    masks = batch["mask"]
-    if tuple(masks.shape) != (b, h, w):
-        raise ValueError(f"Expected {where}: 'mask' to be [B, H, W] = {(b, h, w)} like 'image', but got "
-                         f"{tuple(masks.shape)}.")
-    if masks.is_floating_point() or masks.dtype == torch.bool:
-        raise ValueError(f"Expected {where}: 'mask' to be an integer tensor, but got dtype {masks.dtype}.")
-    bad = (masks < 0) | ((masks > k) & (masks != IGNORE_INDEX))
-    if bool(bad.any()):
-        raise ValueError(f"Expected {where}: 'mask' values in 0..{k} or {IGNORE_INDEX} (void), but got "
-                         f"{int(masks[bad].flatten()[0])}.")
-
-
-def _check_boxes(batch: Mapping[str, Any], where: str, k: int) -> None:
-    b = batch["image"].shape[0]
-    boxes, sizes = batch["boxes"], batch.get("box_size")
-    if boxes.ndim != 3 or boxes.shape[0] != b or boxes.shape[2] != 6 or not boxes.is_floating_point():
-        raise ValueError(f"Expected {where}: 'boxes' to be a float [B={b}, M, 6] tensor (class, x0, y0, x1, y1, "
-                         f"difficult), but got shape {tuple(boxes.shape)} dtype {boxes.dtype}.")
-    cls = boxes[..., 0]
-    if bool(((cls != cls.round()) | (cls < -1) | (cls >= k)).any()):
-        raise ValueError(f"Expected {where}: box classes in 0..{k - 1} or -1 (padding), but got "
-                         f"{sorted(set(cls.flatten().tolist()))[:10]}.")
-    if sizes is not None and (not isinstance(sizes, Tensor) or tuple(sizes.shape) != (b, 2)
-                              or sizes.is_floating_point() or bool((sizes < 1).any())):
-        raise ValueError(f"Expected {where}: 'box_size' to be a positive integer [B={b}, 2] tensor (height, width), "
-                         f"but got {sizes!r:.80}.")
-
-
-def _device(module: nn.Module) -> torch.device:
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 class _Progress:

@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from attrpreserve.attribution.capture import capture_features
+from attrpreserve.evaluation.checks import check_protocol
+from attrpreserve.evaluation.evaluator import AttributionEvaluator
 from attrpreserve.losses import multilabel_kd_loss, softmax_kd_loss
 from attrpreserve.metrics import classification_metrics
 from attrpreserve.models import CheckpointError, build_from_spec, load_weights, model_spec
@@ -37,6 +39,9 @@ TASKS = ("multilabel", "multiclass")
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("sgd", "adamw")
 KD_MODES = ("multilabel", "softmax", None)
+LOCALIZATION_FIELDS = ("point_acc", "auc", "energy", "num_pairs")
+"""What ``trainer.test`` logs per method with ``test_localization`` (plus ``cos``/``l2`` with a
+teacher and ``point_acc_difficult`` under ``test_protocol="torchray"``)."""
 
 
 def _as_model(model: nn.Module | dict[str, Any], argument: str) -> nn.Module:
@@ -76,6 +81,20 @@ def _load_role_weights(model: nn.Module, path: str | os.PathLike | None, role: s
 def _check_recipe_change(value: Any) -> None:
     if value not in RECIPE_CHANGES:
         raise ValueError(f"Expected argument `on_recipe_change` to be one of {RECIPE_CHANGES}, but got {value!r}.")
+
+
+def _test_methods(value: Any) -> list[str]:
+    """The methods ``test_localization`` asks for: none, Grad-CAM (``True``) or the names given."""
+    if value is False or value is None:
+        return []
+    if value is True:
+        return ["gradcam"]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(f"Expected argument `test_localization` to be a bool, a method name or a non-empty sequence of "
+                     f"names, but got {value!r}.")
 
 
 def _num_classes(model: nn.Module) -> int | None:
@@ -127,6 +146,9 @@ class _ClassifierModule(pl.LightningModule):
         milestones: Sequence[int],
         gamma: float,
         optimizer: str = "sgd",
+        test_localization: bool | str | Sequence[str] = False,
+        test_protocol: str = "paper",
+        teacher: bool = False,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -149,6 +171,12 @@ class _ClassifierModule(pl.LightningModule):
         self.num_classes = num_classes
         self.val_metrics = classification_metrics(num_classes, prefix="val/")
         self.test_metrics = classification_metrics(num_classes, prefix="test/")
+        check_protocol(test_protocol)
+        methods = _test_methods(test_localization)
+        # Localisation at test time: the same evaluator (and numbers) as `evaluate()`; no baseline
+        # rows or bootstrap, which `evaluate()` adds and a test loop does not log.
+        self.test_evaluator = AttributionEvaluator(num_classes, methods, test_protocol, teacher=teacher, baselines=(),
+                                                   bootstrap=0) if methods else None
 
     # -- exact resume: the global RNG (dropout) travels with the checkpoint -----------------
     # Lightning restores loops, optimisers and callbacks but not the random generators; with the
@@ -254,6 +282,33 @@ class _ClassifierModule(pl.LightningModule):
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return F.cross_entropy(logits, labels.argmax(dim=1))
 
+    # -- localisation in trainer.test (opt-in: test_localization) -------------------------
+    def _update_localization(self, batch: Any, model: nn.Module, teacher: nn.Module | None = None) -> None:
+        """Score the batch's attribution maps when asked for and the batch has masks (or boxes)."""
+        if self.test_evaluator is not None and isinstance(batch, Mapping) and ("mask" in batch or "boxes" in batch):
+            self.test_evaluator.update(batch, model, teacher)
+
+    def on_test_epoch_start(self) -> None:
+        if self.test_evaluator is not None:
+            self.test_evaluator.reset()
+
+    def on_test_epoch_end(self) -> None:
+        evaluator = self.test_evaluator
+        if evaluator is None:
+            return
+        # every rank must reach compute() (it syncs), so they decide together
+        if not self.trainer.strategy.reduce_boolean_decision(evaluator.update_count > 0, all=False):
+            rank_zero_warn("test_localization is set, but no test batch had a 'mask' (or 'boxes'): no "
+                           "localisation was scored.")
+            return
+        result = evaluator.compute()
+        fields = [*LOCALIZATION_FIELDS, *(("cos", "l2") if evaluator.with_teacher else ()),
+                  *(("point_acc_difficult",) if evaluator.rules.average == "class" else ())]
+        # synced by the evaluator: every rank logs the same value, nothing left to reduce
+        self.log_dict({f"test/{method}/{field}": float(entry[field]) for method, entry in result["methods"].items()
+                       for field in fields}, sync_dist=False)
+        evaluator.reset()
+
     def _update_metrics(self, stage: str, logits: Tensor, labels: Tensor) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(torch.sigmoid(logits.detach().float()), labels.long())
@@ -272,9 +327,12 @@ class TeacherModule(_ClassifierModule):
         optimizer: ``"sgd"`` (the paper) or ``"adamw"`` (``momentum``/``nesterov`` unused; trains
             small VGGs from scratch on the synthetic data, where SGD stalls).
         on_recipe_change: as :class:`DistillationModule`'s.
+        test_localization: also score attribution maps in ``trainer.test`` (as :class:`DistillationModule`'s).
+        test_protocol: their protocol (as :class:`DistillationModule`'s).
 
     Logs ``train/loss``, ``val/loss``, ``val/map`` (per-class VOC mAP), ``val/map_image``
-    (per-image AP, the reference code's "mAP") and ``val/f1`` (probability 0.5).
+    (per-image AP, the reference code's "mAP") and ``val/f1`` (probability 0.5); the same under
+    ``test/`` in ``trainer.test``, with ``test_localization`` also ``test/<method>/point_acc``, ...
 
     Example:
         >>> from attrpreserve.models import vgg_small
@@ -295,13 +353,16 @@ class TeacherModule(_ClassifierModule):
         gamma: float = 0.1,
         optimizer: str = "sgd",
         on_recipe_change: str = "raise",
+        test_localization: bool | str | Sequence[str] = False,
+        test_protocol: str = "paper",
     ) -> None:
         model = _as_model(model, "model")
         _check_recipe_change(on_recipe_change)
         num_classes = _num_classes(model)
         if num_classes is None:
             raise ValueError("Expected argument `model` to end in a Linear classifier (no Linear layer found).")
-        super().__init__(num_classes, task, lr, momentum, weight_decay, nesterov, milestones, gamma, optimizer)
+        super().__init__(num_classes, task, lr, momentum, weight_decay, nesterov, milestones, gamma, optimizer,
+                         test_localization, test_protocol)
         self.model = model
         self.save_hyperparameters(ignore=["model"])
         # The spec (not the weights) lets load_from_checkpoint rebuild the network.
@@ -328,6 +389,7 @@ class TeacherModule(_ClassifierModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
+        self._update_localization(batch, self.model)
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         logits = self.model(batch["image"])
@@ -368,6 +430,17 @@ class DistillationModule(_ClassifierModule):
             ``torch.channels_last`` memory format (faster convolutions on recent GPUs, above all
             under ``precision="bf16-mixed"``/``"16-mixed"``); results are unchanged up to float
             rounding.
+        test_localization: also score the student's attribution maps in ``trainer.test`` on test
+            batches that carry a ``mask`` (or ``boxes``): ``True`` for Grad-CAM, or a method name
+            or list of names (:mod:`attrpreserve.attribution.methods`). Off by default: maps cost
+            a backward per batch. At the end of the test epoch it logs, per method,
+            ``test/<method>/point_acc``, ``test/<method>/auc``, ``test/<method>/energy``,
+            ``test/<method>/num_pairs`` and the student-teacher ``test/<method>/cos``/``l2``: the
+            numbers ``evaluate(module.student, datamodule, methods, protocol=test_protocol,
+            teacher=module.teacher)`` gives on the same batches (with TorchRay's averaging also
+            ``test/<method>/point_acc_difficult``). The scores live in ``self.test_evaluator``
+            (an :class:`~attrpreserve.evaluation.AttributionEvaluator`).
+        test_protocol: ``"paper"``, ``"torchray"`` or ``"all"`` (see :mod:`attrpreserve.evaluate`).
 
     Mixed precision: with ``Trainer(precision="bf16-mixed")`` (or ``"16-mixed"`` on a GPU, with
     Lightning's gradient scaler) both networks, the teacher's head gradient and the student's
@@ -400,6 +473,8 @@ class DistillationModule(_ClassifierModule):
         student_weights: str | None = None,
         on_recipe_change: str = "raise",
         channels_last: bool = False,
+        test_localization: bool | str | Sequence[str] = False,
+        test_protocol: str = "paper",
     ) -> None:
         teacher, student = _as_model(teacher, "teacher"), _as_model(student, "student")
         if not isinstance(channels_last, bool):
@@ -421,7 +496,8 @@ class DistillationModule(_ClassifierModule):
                 f"Expected teacher and student with the same number of classes, but the teacher has {n_teacher} "
                 f"and the student {n_student} (argument `student`)."
             )
-        super().__init__(n_student, task, lr, momentum, weight_decay, nesterov, milestones, gamma, optimizer)
+        super().__init__(n_student, task, lr, momentum, weight_decay, nesterov, milestones, gamma, optimizer,
+                         test_localization, test_protocol, teacher=True)
         self.teacher = teacher
         self.student = student
         self.teacher.requires_grad_(False)
@@ -589,6 +665,7 @@ class DistillationModule(_ClassifierModule):
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
+        self._update_localization(batch, self.student, self.teacher)
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         # Map terms need gradients; Lightning evaluates under inference mode, so leave it for

@@ -13,7 +13,8 @@ from typing_extensions import override
 
 from attrpreserve.attribution.methods import check_method, get_method
 from attrpreserve.callbacks.networks import map_networks
-from attrpreserve.evaluate import PROTOCOLS, evaluate
+from attrpreserve.evaluate import evaluate
+from attrpreserve.evaluation.protocol import PROTOCOLS
 from attrpreserve.models.layers import resolve_layer_name
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import warnings
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
 
 from attrpreserve.evaluation.bootstrap import bootstrap_ci
@@ -31,12 +32,12 @@ def compute_quietly(metric: Any) -> Any:
         return metric.compute()
 
 
-def faithfulness_metrics(device: torch.device) -> dict[str, MeanMetric]:
+def faithfulness_metrics() -> nn.ModuleDict:
     """Synced means of the deletion and insertion AUCs."""
-    return {mode: MeanMetric(nan_strategy="ignore").to(device) for mode in ("deletion", "insertion")}
+    return nn.ModuleDict({mode: MeanMetric(nan_strategy="ignore") for mode in ("deletion", "insertion")})
 
 
-def faithfulness_values(metrics: dict[str, MeanMetric] | None) -> dict[str, float]:
+def faithfulness_values(metrics: nn.ModuleDict | None) -> dict[str, float]:
     """``{"deletion", "insertion"}`` means (synced; nan without metrics or values)."""
     if metrics is None:
         return {"deletion": math.nan, "insertion": math.nan}
@@ -48,32 +49,39 @@ def records_of(records: PairRecords) -> dict[str, Tensor]:
     return {k: v.reshape(-1).cpu() for k, v in compute_quietly(records).items()}
 
 
-class RowMetrics:
-    """The metrics of one row.
+class RowMetrics(nn.Module):
+    """The metrics of one row, behaving like a ``MetricCollection``: ``update``, ``compute``,
+    ``reset`` and ``.to(device)`` reach every metric.
 
     Args:
         tolerance: pointing-game radius in pixels.
         average: ``"micro"`` (point accuracy over maps) or ``"class"`` (TorchRay: per class, then
             the mean over all ``num_classes`` classes; adds the difficult-subset accuracy).
         num_classes: K.
-        device: where the states live.
         teacher: keep cos/l2 to a teacher's maps.
         faithfulness: keep the mean deletion/insertion AUCs.
+
+    Example:
+        >>> row = RowMetrics(tolerance=0, average="micro", num_classes=2, teacher=False)
+        >>> maps = torch.tensor([[[0.9, 0.1], [0.2, 0.4]]])
+        >>> row.update(maps, PairTargets(maps > 0.5, None, torch.tensor([False])), torch.tensor([0]))
+        >>> {k: row.compute()[k] for k in ("point_acc", "auc")}
+        {'point_acc': 1.0, 'auc': 1.0}
     """
 
-    def __init__(self, tolerance: float, average: str, num_classes: int, device: torch.device, teacher: bool,
+    def __init__(self, tolerance: float, average: str, num_classes: int, teacher: bool,
                  faithfulness: bool = False) -> None:
+        super().__init__()
         self.tolerance, self.average, self.num_classes = tolerance, average, num_classes
         torchray = average == "class"
         self.pointing = (TorchRayPointingGame(num_classes, tolerance, validate_args=False) if torchray
-                         else PointingGame(tolerance, average, validate_args=False)).to(device)
-        self.difficult = TorchRayPointingGame(num_classes, tolerance, validate_args=False).to(device) if torchray \
-            else None
-        self.auroc = MaskAUROC(validate_args=False).to(device)
-        self.energy = EnergyPointingGame(validate_args=False).to(device)
-        self.similarity = MapSimilarity(validate_args=False).to(device) if teacher else None
-        self.records = PairRecords(RECORD_FIELDS).to(device)
-        self.faithfulness = faithfulness_metrics(device) if faithfulness else None
+                         else PointingGame(tolerance, average, validate_args=False))
+        self.difficult = TorchRayPointingGame(num_classes, tolerance, validate_args=False) if torchray else None
+        self.auroc = MaskAUROC(validate_args=False)
+        self.energy = EnergyPointingGame(validate_args=False)
+        self.similarity = MapSimilarity(validate_args=False) if teacher else None
+        self.records = PairRecords(RECORD_FIELDS)
+        self.faithfulness = faithfulness_metrics() if faithfulness else None
 
     def update(self, maps: Tensor, targets: PairTargets, classes: Tensor, teacher_maps: Tensor | None = None) -> None:
         """Score ``[N, H, W]`` maps (image resolution) of the pairs against ``targets``."""
@@ -95,6 +103,27 @@ class RowMetrics:
             for mode, values in aucs.items():
                 self.faithfulness[mode].update(values)
 
+    def compute(self) -> dict[str, float]:
+        """The synced ``point_acc``, ``auc``, ``energy``, ``cos``/``l2`` (nan without a teacher),
+        ``point_acc_difficult`` (nan outside TorchRay's averaging) and ``deletion``/``insertion``
+        (nan without faithfulness)."""
+        nan = math.nan
+        values = {"auc": float(compute_quietly(self.auroc)), "point_acc": float(compute_quietly(self.pointing)),
+                  "energy": float(compute_quietly(self.energy)), "cos": nan, "l2": nan,
+                  "point_acc_difficult": nan, **faithfulness_values(self.faithfulness)}
+        if self.difficult is not None:
+            values["point_acc_difficult"] = float(compute_quietly(self.difficult))
+        if self.similarity is not None:
+            sim = compute_quietly(self.similarity)
+            values["cos"], values["l2"] = float(sim["cos"]), float(sim["l2"])
+        return values
+
+    def reset(self) -> None:
+        """Reset every metric of the row."""
+        for metric in self.modules():
+            if isinstance(metric, Metric):
+                metric.reset()
+
     def entry(self, scored: bool, classes: Tensor, difficult: Tensor, resamples: int, seed: int,
               order: Tensor | None = None) -> dict[str, Any]:
         """The row's numbers (nan where nothing was scored). ``classes``/``difficult``: the synced
@@ -107,14 +136,9 @@ class RowMetrics:
                                  **faithfulness_values(self.faithfulness)}
         if not scored:
             return entry
-        entry["auc"] = float(compute_quietly(self.auroc))
-        entry["point_acc"] = float(compute_quietly(self.pointing))
-        entry["energy"] = float(compute_quietly(self.energy))
-        if self.difficult is not None and entry["num_pairs_difficult"]:
-            entry["point_acc_difficult"] = float(compute_quietly(self.difficult))
-        if self.similarity is not None:
-            sim = compute_quietly(self.similarity)
-            entry["cos"], entry["l2"] = float(sim["cos"]), float(sim["l2"])
+        entry.update(self.compute())
+        if not entry["num_pairs_difficult"]:  # the difficult metric saw no pair (on any process)
+            entry["point_acc_difficult"] = nan
         if resamples:
             values = self.record_values()
             if order is not None:
