@@ -34,13 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from attrpreserve.attribution.capture import capture_features
+from attrpreserve.data.resumable import Key, SeededItems
 from attrpreserve.data.store import progress_bar
 
 ViewSampler = Callable[[torch.Generator, int, int], tuple[tuple[int, int, int, int], bool]]
 ViewApplier = Callable[[Tensor, tuple[int, int, int, int], bool], Tensor]
+ViewsApplier = Callable[[Sequence[Tensor], Sequence[tuple[int, int, int, int]], Sequence[bool]], Tensor]
 
 FORMAT_VERSION = 2
 
@@ -227,11 +229,14 @@ class TeacherCache:
         return {"logits": list(logits.shape[1:]), **{k: list(v.shape[1:]) for k, v in feats.items()}}
 
     # -- reading -------------------------------------------------------------------------
-    def dataset_for_training(self, generator_seed: int | None = None) -> CachedViewsDataset:
-        """The training dataset: one random cached view per image and step."""
+    def dataset_for_training(self, generator_seed: int | None = None,
+                             apply_views: ViewsApplier | None = None) -> CachedViewsDataset:
+        """The training dataset: one random cached view per image and step (``apply_views``: see
+        :class:`CachedViewsDataset`)."""
         if not self.is_complete:
             raise ValueError(f"Teacher cache {str(self.path)!r} is incomplete: call build() first.")
-        return CachedViewsDataset(self.dataset, self.path, self.layers, self.apply_view, generator_seed)
+        return CachedViewsDataset(self.dataset, self.path, self.layers, self.apply_view, generator_seed,
+                                  apply_views=apply_views)
 
 
 class _Subset(Dataset):
@@ -254,11 +259,26 @@ class CachedViewsDataset(Dataset):
     ``view_labels(index, box)`` method (VOC and synthetic data: label-aware crops, see their
     ``min_visible``), ``labels`` are the view's, not the full image's, as in the online
     augmentation; the box is in the source dataset's pixels (the stored image's with a VOC store).
+
+    :meth:`batch` fetches a whole training batch at once (what :class:`CachedViewBatches` gives a
+    DataLoader): the same tensors as collating the items one by one, with one read per cache file.
+
+    Args:
+        dataset: the source dataset the cache was built from.
+        path: the cache folder (``TeacherCache.path``).
+        layers: cached teacher layers to read.
+        apply_view: ``(image, box, flip) -> image``, as the cache was built with.
+        seed: unused (kept for callers that pass it).
+        apply_views: ``(images, boxes, flips) -> [B, 3, S, S]``, the batch form of ``apply_view``
+            (the data modules' ``apply_views``: normalises once per batch); ``None`` stacks
+            ``apply_view``'s results. It must equal that stack exactly: :meth:`batch` promises
+            the per-item path's tensors.
     """
 
     def __init__(self, dataset: Dataset, path: Path, layers: Sequence[str], apply_view: ViewApplier,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, apply_views: ViewsApplier | None = None) -> None:
         self.dataset, self.path, self.layers, self.apply_view = dataset, Path(path), list(layers), apply_view
+        self.apply_views = apply_views
         self.boxes = np.load(self.path / "boxes.npy")
         self.flips = np.load(self.path / "flips.npy")
         self.views = self.boxes.shape[1]
@@ -296,6 +316,103 @@ class CachedViewsDataset(Dataset):
         view = int(torch.randint(self.views, (1,)).item())
         return self.item(index, view)
 
+    def draw_view(self, key: int | Key, generator: torch.Generator | None = None) -> tuple[int, int]:
+        """``(index, view)`` of a key: for ``(index, draw_seed)`` the view that
+        ``SeededItems(self)[key]`` picks (the first draw of a generator seeded with ``draw_seed``;
+        ``generator`` is re-seeded for it, so one serves a whole batch), for a plain ``index`` a
+        draw from torch's global generator, as ``self[index]``.
+
+        Example:
+            >>> from attrpreserve.data.resumable import SeededItems
+            >>> class Fake(CachedViewsDataset):  # no cache files needed to draw views
+            ...     def __init__(self): self.views = 8
+            ...     def item(self, index, view): return {"view": view}
+            >>> Fake().draw_view((2, 123)), SeededItems(Fake())[(2, 123)]["view"]
+            ((2, 6), 6)
+        """
+        if isinstance(key, tuple):
+            index, seed = key
+            generator = (generator or torch.Generator()).manual_seed(int(seed))
+            return int(index), int(torch.randint(self.views, (1,), generator=generator).item())
+        return int(key), int(torch.randint(self.views, (1,)).item())
+
+    def batch(self, keys: Sequence[int | Key]) -> dict[str, Any]:
+        """The collated batch of ``keys`` (``(index, draw_seed)`` as a ``ResumableSampler`` yields
+        them, or plain indices): equal, tensor for tensor, to
+        ``default_collate([SeededItems(self)[k] for k in keys])``.
+
+        With a source dataset that has ``view_image(index)`` (its items' uint8 image without the
+        rest of the item) and ``view_labels``, the batch is built without per-item dicts: the
+        images are cropped and resized one by one (``apply_views``), the teacher outputs come from
+        one fancy-index read per cache file; other datasets collate :meth:`item` s.
+
+        Returns:
+            ``image`` float32 [B,3,S,S], ``labels`` float32 [B,L], ``index`` and ``view`` int64
+            [B], ``teacher_logits`` float32 [B,K], ``teacher_features`` (layer -> float32 [B,C,H,W]).
+
+        Raises:
+            IndexError: an index out of range.
+        """
+        view_image = getattr(self.dataset, "view_image", None)
+        view_labels = getattr(self.dataset, "view_labels", None)
+        if view_image is None or view_labels is None:  # items of unknown keys: the per-item path itself
+            seeded = SeededItems(self)
+            return default_collate([seeded[key] for key in keys])
+        self._open()
+        draws = torch.Generator()  # one for the batch, re-seeded per key: no fork of the global RNG
+        picks = [self.draw_view(key, draws) for key in keys]
+        rows = np.fromiter((i for i, _ in picks), dtype=np.int64, count=len(picks))
+        cols = np.fromiter((v for _, v in picks), dtype=np.int64, count=len(picks))
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} items: {rows.tolist()}")
+        boxes = [tuple(b) for b in self.boxes[rows, cols].tolist()]  # plain ints, as item()'s
+        flips = self.flips[rows, cols].tolist()
+        images = [view_image(int(i)) for i in rows]
+        if self.apply_views is not None:
+            image = self.apply_views(images, boxes, flips)
+        else:
+            image = torch.stack([self.apply_view(x, b, f) for x, b, f in zip(images, boxes, flips)])
+        return {
+            "image": image,
+            "labels": torch.stack([view_labels(int(i), b) for i, b in zip(rows, boxes)]),
+            "index": torch.from_numpy(rows),
+            "view": torch.from_numpy(cols),
+            "teacher_logits": torch.from_numpy(np.asarray(self._logits[rows, cols], dtype=np.float32)),
+            "teacher_features": {layer: torch.from_numpy(np.asarray(mm[rows, cols], dtype=np.float32))
+                                 for layer, mm in self._feats.items()},
+        }
+
+
+class CachedViewBatches(SeededItems):
+    """:class:`~attrpreserve.data.resumable.SeededItems` over a :class:`CachedViewsDataset` whose
+    DataLoader batches are fetched whole: a DataLoader calls ``__getitems__(keys)`` for a batch
+    when the dataset defines it, here :meth:`CachedViewsDataset.batch`, which returns the batch
+    already collated; give the loader ``collate_fn=collate_batched``. Single keys fetch items as
+    ``SeededItems`` does.
+
+    Args:
+        dataset: the cached views (anything with ``batch(keys)``).
+
+    Example:
+        >>> class Views(Dataset):
+        ...     def batch(self, keys): return {"index": torch.tensor([index for index, _ in keys])}
+        >>> CachedViewBatches(Views()).__getitems__([(4, 11), (2, 12)])
+        {'index': tensor([4, 2])}
+    """
+
+    def __getitems__(self, keys: Sequence[int | Key]) -> dict[str, Any]:
+        return self.dataset.batch(keys)
+
+
+def collate_batched(batch: dict[str, Any]) -> dict[str, Any]:
+    """The ``collate_fn`` of a loader over :class:`CachedViewBatches`: its batches come collated.
+
+    Example:
+        >>> collate_batched({"index": torch.tensor([3, 1])})
+        {'index': tensor([3, 1])}
+    """
+    return batch
+
 
 _progress = progress_bar  # the shared rich bar (attrpreserve.data.store)
 
@@ -315,7 +432,8 @@ def cached_train_dataset(
 
     Args:
         datamodule: a data module with ``source_dataset``, ``sample_view``, ``apply_view``,
-            ``image_size``, ``scale``, ``ratio`` and an attached ``trainer``.
+            ``image_size``, ``scale``, ``ratio`` and an attached ``trainer`` (and, used when there,
+            ``apply_views`` for batched loading).
         views, cache_dir, seed: see :class:`TeacherCache`.
 
     Raises:
@@ -345,4 +463,4 @@ def cached_train_dataset(
     if trainer.is_global_zero and not cache.is_complete:
         cache.build(progress=progress)
     trainer.strategy.barrier("teacher_cache")
-    return cache.dataset_for_training()
+    return cache.dataset_for_training(apply_views=getattr(datamodule, "apply_views", None))

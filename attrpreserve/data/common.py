@@ -87,8 +87,45 @@ class ViewMixin:
         out = T.apply_view(image, box, flip, self.image_size)
         return out if image.is_floating_point() else T.normalize(out, self.mean, self.std)
 
-    def _init_cache(self, cache_teacher: bool, cache_views: int, cache_dir: str | os.PathLike, cache_seed: int) -> None:
+    def apply_views(self, images: Sequence[Tensor], boxes: Sequence[Sequence[int]], flips: Sequence[bool]) -> Tensor:
+        """:meth:`apply_view` for a batch: each image cropped and resized (uint8 in uint8), the
+        stack normalised once. Equal to stacking :meth:`apply_view`'s results (normalising is
+        elementwise), for the teacher cache's batched loading.
+
+        Args:
+            images: ``[3, H_i, W_i]`` images, all uint8 or all float (normalised already).
+            boxes: one ``(top, left, height, width)`` per image, in its pixels.
+            flips: one horizontal flip flag per image.
+
+        Returns:
+            float32 ``[B, 3, image_size, image_size]``.
+
+        Raises:
+            ValueError: lists of different lengths, an empty batch, or images of mixed dtypes.
+
+        Example:
+            >>> from attrpreserve.data import SyntheticDataModule
+            >>> dm = SyntheticDataModule(num_classes=3, image_size=32, object_size=(0.25, 0.4))
+            >>> x = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+            >>> views = dm.apply_views([x, x], [(0, 0, 40, 48), (4, 8, 20, 30)], [False, True])
+            >>> views.shape, torch.equal(views[1], dm.apply_view(x, (4, 8, 20, 30), True))
+            (torch.Size([2, 3, 32, 32]), True)
+        """
+        if not len(images) == len(boxes) == len(flips) or not len(images):
+            raise ValueError(f"Expected as many boxes and flips as images (at least one), but got {len(images)} "
+                             f"images, {len(boxes)} boxes and {len(flips)} flips.")
+        dtypes = {x.dtype for x in images}
+        if len(dtypes) > 1:  # torch.stack would promote uint8 to float silently
+            raise ValueError(f"Expected argument `images` to share one dtype, but got {sorted(map(str, dtypes))}.")
+        out = torch.stack([T.apply_view(x, box, flip, self.image_size) for x, box, flip in zip(images, boxes, flips)])
+        return out if out.is_floating_point() else T.normalize(out, self.mean, self.std)
+
+    def _init_cache(self, cache_teacher: bool, cache_views: int, cache_dir: str | os.PathLike, cache_seed: int,
+                    cache_batched: bool = True) -> None:
         self.cache_teacher = bool(cache_teacher)
+        if not isinstance(cache_batched, bool):
+            raise ValueError(f"Expected argument `cache_batched` to be a bool, but got {cache_batched!r}.")
+        self.cache_batched = cache_batched
         self.cache_views = check_int("cache_views", cache_views, 1)
         self.cache_seed = check_int("cache_seed", cache_seed, 0)
         if not isinstance(cache_dir, (str, os.PathLike)) or not str(cache_dir):
@@ -122,8 +159,13 @@ class ViewMixin:
         sampler = ResumableSampler(dataset, shuffle=True, seed=seed, num_replicas=world, rank=rank)
         epoch, skip_batches = resume_position(trainer, math.ceil(sampler.num_samples / self.batch_size))
         sampler.resume(epoch, skip_batches * self.batch_size)
-        return ResumableLoader(SeededItems(dataset), **loader_kwargs(self.batch_size, self.num_workers,
-                                                                     self.pin_memory, seed), sampler=sampler)
+        kwargs = loader_kwargs(self.batch_size, self.num_workers, self.pin_memory, seed)
+        if getattr(self, "cache_teacher", False) and getattr(self, "cache_batched", False):
+            from attrpreserve.teacher_cache import CachedViewBatches, collate_batched
+
+            # Same keys, same batches, fetched whole (no per-item dicts, forks of the RNG, collation).
+            return ResumableLoader(CachedViewBatches(dataset), **kwargs, sampler=sampler, collate_fn=collate_batched)
+        return ResumableLoader(SeededItems(dataset), **kwargs, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, "val_dataset")

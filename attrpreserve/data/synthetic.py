@@ -401,6 +401,22 @@ class SyntheticDataset(Dataset):
     def image_size_of(self, index: int) -> tuple[int, int]:
         return self.config.image_size, self.config.image_size
 
+    def view_image(self, index: int) -> Tensor:
+        """``self[index]["image"]`` without the rest of the item: the rendered uint8 image itself
+        (no copy) when items are neither augmented nor normalised, as a teacher cache reads them.
+
+        Raises:
+            IndexError: ``index`` out of range.
+
+        Example:
+            >>> ds = SyntheticDataset("val", 2, SceneConfig(num_classes=3), normalize=False)
+            >>> torch.equal(ds.view_image(1), ds[1]["image"])
+            True
+        """
+        if self.augment or self.normalize or not 0 <= index < len(self):
+            return self[index]["image"]
+        return self.images[index]
+
     def view_labels(self, index: int, box: tuple[int, int, int, int]) -> Tensor:
         """Labels of item ``index`` seen through crop ``box``: a class whose crop keeps less than
         ``min_visible`` of its pixels is dropped (what augmented items use; a teacher-output cache
@@ -481,6 +497,10 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
             (built on first use, keyed by teacher, data, views and size).
         cache_views: K, fixed augmented views per training image in the cache.
         cache_dir: where caches live; cache_seed: seed of the views.
+        cache_batched: fetch each training batch of the cache whole
+            (:meth:`~attrpreserve.teacher_cache.CachedViewsDataset.batch`: one read per cache
+            file, no per-item dicts or collation); the batches are the per-item path's, bit for
+            bit. ``False`` fetches items one by one.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -519,6 +539,7 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
         cache_views: int = 8,
         cache_dir: str = ".cache/teacher",
         cache_seed: int = 0,
+        cache_batched: bool = True,
     ) -> None:
         super().__init__()
         self.config = SceneConfig(image_size, num_classes, object_size, max_objects, max_distractors,
@@ -535,7 +556,7 @@ class SyntheticDataModule(ViewMixin, pl.LightningDataModule):
             raise ValueError(f"Expected argument `min_visible` to be in [0, 1], but got {min_visible!r}.")
         self.mean, self.std = check_stats("mean", mean, False), check_stats("std", std, True)
         self.train_augment, self.min_visible, self.pin_memory = train_augment, float(min_visible), pin_memory
-        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed)
+        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed, cache_batched)
         self.save_hyperparameters()
         self.train_dataset: SyntheticDataset | None = None
         self.val_dataset: SyntheticDataset | None = None

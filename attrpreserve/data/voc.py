@@ -525,6 +525,20 @@ class VOCDataset(Dataset):
                             "a JPEG (or other image) PIL can decode") from None
         return height, width
 
+    def view_image(self, index: int) -> Tensor:
+        """``self[index]["image"]`` without the rest of the item: with a store, and items neither
+        augmented, transformed nor normalised (a teacher cache's source), the stored uint8 image
+        itself (a view of the memory map; nothing else read); otherwise the item's image.
+
+        Raises:
+            IndexError: ``index`` out of range.
+            DataError: (a ValueError) from the item, as ``self[index]``.
+        """
+        if (self.store is None or self.augment or self.transform is not None or self.normalize
+                or not 0 <= index < len(self.ids)):
+            return self[index]["image"]
+        return self.store.image(index)
+
     def view_labels(self, index: int, box: Sequence[int]) -> Tensor:
         """Labels of item ``index`` seen through crop ``box``: a class stays while at least one of
         its objects keeps at least ``min_visible`` of its box's area inside the crop (what
@@ -692,6 +706,10 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         store_dir: parent folder of the stores.
         store_size: short side of stored images in pixels, ``0`` (source size: items equal the
             JPEG path's) or ``>= image_size``; ``None`` is ``round(1.15 * image_size)``.
+        cache_batched: fetch each training batch of the cache whole
+            (:meth:`~attrpreserve.teacher_cache.CachedViewsDataset.batch`: one read per cache
+            file, no per-item dicts or collation); the batches are the per-item path's, bit for
+            bit. ``False`` fetches items one by one.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -731,6 +749,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         store: bool = False,
         store_dir: str = ".cache/images",
         store_size: int | None = None,
+        cache_batched: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)) or not str(root):
@@ -764,7 +783,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             raise ValueError(f"Expected argument `store_size` to be None, 0 (source size) or an int >= image_size "
                              f"({self.image_size}), but got {store_size!r}.")
         self.store, self.store_dir, self.store_size = store, store_dir, store_size
-        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed)
+        self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed, cache_batched)
         self.save_hyperparameters()
         self.train_dataset: VOCDataset | None = None
         self.val_dataset: VOCDataset | None = None
