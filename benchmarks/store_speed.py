@@ -6,9 +6,14 @@ downloaded), in one process:
 - ``loader``: images/s of one epoch of the training loaders, without (``jpeg``) and with
   (``store``) the store: the online path (``VOCDataModule.train_dataloader``: decode, crop +
   flip, normalise) and the teacher-cache path (``CachedViewsDataset``: source image, one stored
-  view, teacher outputs from the cache). Repeated, interleaved; min and range printed.
+  view, teacher outputs from the cache; a plain shuffled DataLoader, one item at a time). Third
+  column, on the store: the cache as the data modules' training loader serves it, keys
+  ``(index, draw_seed)`` from a ``ResumableSampler``, one item at a time (``seeded``:
+  ``SeededItems`` + default collation, ``cache_batched=False``) and whole batches (``batched``:
+  ``CachedViewBatches``, the default). Repeated, interleaved; min and range printed.
 - ``--fit``: ``Trainer.fit`` of a /8 student with SSWA matching reading a vgg_small teacher from
-  the 8-view cache, one process, ``num_workers`` workers; images/s of the epochs after the first.
+  the 8-view cache, one process, ``num_workers`` workers; images/s of the epochs after the first;
+  ``jpeg`` and ``store`` load one item at a time, ``batched`` is the store with batched loading.
 
 Usage (CPU, 2 cores):
   python benchmarks/store_speed.py --image-size 64                       # loader, 400 JPEGs 112-500 px
@@ -33,8 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from voc_folder import make_voc_folder  # noqa: E402
 
 from attrpreserve.data import VOCDataModule  # noqa: E402
+from attrpreserve.data.common import loader_kwargs  # noqa: E402
+from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems  # noqa: E402
 from attrpreserve.models import vgg_small  # noqa: E402
-from attrpreserve.teacher_cache import TeacherCache  # noqa: E402
+from attrpreserve.teacher_cache import CachedViewBatches, TeacherCache, collate_batched  # noqa: E402
 
 
 def _module(root: Path, work: Path, store: bool, args: argparse.Namespace, **extra) -> VOCDataModule:
@@ -68,6 +75,12 @@ def loaders(root: Path, work: Path, args: argparse.Namespace) -> dict[str, list[
                              cache_dir=work / "teacher", image_size=args.image_size).build(progress=False)
         runs[f"cached/{tag}"] = DataLoader(cache.dataset_for_training(), batch_size=args.batch_size, shuffle=True,
                                            num_workers=args.workers)
+        if store:  # the training loader's two ways over the same cache (ViewMixin.train_dataloader)
+            data = cache.dataset_for_training(apply_views=dm.apply_views)
+            kwargs = loader_kwargs(args.batch_size, args.workers, False)
+            runs["cached/seeded"] = ResumableLoader(SeededItems(data), sampler=ResumableSampler(data), **kwargs)
+            runs["cached/batched"] = ResumableLoader(CachedViewBatches(data), sampler=ResumableSampler(data),
+                                                     collate_fn=collate_batched, **kwargs)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, loader in runs.items():  # warm-up (page cache, workers)
         _epoch(loader)
@@ -100,10 +113,11 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
 
     torch.manual_seed(0)
     teacher = vgg_small(num_classes=20).eval()
-    rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": []}
+    rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": [], "fit/batched": []}
     for _ in range(args.repeats):
-        for store in (False, True):
-            dm = _module(root, work, store, args, cache_teacher=True)
+        for name, store, batched in (("fit/jpeg", False, False), ("fit/store", True, False),
+                                     ("fit/batched", True, True)):
+            dm = _module(root, work, store, args, cache_teacher=True, cache_batched=batched)
             module = DistillationModule(teacher, vgg_small(num_classes=20, width_divisor=8), lr=0.01)
             timer = EpochTimer()
             trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator="cpu", logger=False,
@@ -111,7 +125,7 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
                                  limit_val_batches=0, num_sanity_val_steps=0,
                                  callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
             trainer.fit(module, dm)
-            rates["fit/store" if store else "fit/jpeg"] += timer.rates[1:]  # the first epoch warms up
+            rates[name] += timer.rates[1:]  # the first epoch warms up
     return rates
 
 
@@ -145,11 +159,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for name, values in rates.items():
         print(f"  {name:14s} {max(values):8.1f} images/s  (range {min(values):.1f}-{max(values):.1f}, "
               f"{len(values)} runs)")
-    for path in ("online", "cached", "fit"):
-        if f"{path}/jpeg" in rates:
-            best = max(rates[f"{path}/store"]) / max(rates[f"{path}/jpeg"])
-            paired = [s / j for s, j in zip(rates[f"{path}/store"], rates[f"{path}/jpeg"])]
-            print(f"ratio {path} store/jpeg = {best:.2f} (best vs best; paired runs {min(paired):.2f}-"
+    pairs = [(f"{path}/store", f"{path}/jpeg") for path in ("online", "cached", "fit")]
+    pairs += [("cached/batched", "cached/seeded"), ("cached/batched", "cached/jpeg"), ("fit/batched", "fit/store"),
+              ("fit/batched", "fit/jpeg")]
+    for top, bottom in pairs:
+        if top in rates and bottom in rates:
+            best = max(rates[top]) / max(rates[bottom])
+            paired = [a / b for a, b in zip(rates[top], rates[bottom])]
+            print(f"ratio {top} / {bottom} = {best:.2f} (best vs best; paired runs {min(paired):.2f}-"
                   f"{max(paired):.2f})")
     return rates
 
