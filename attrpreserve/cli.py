@@ -57,6 +57,14 @@ class AttrPreserveCLI(LightningCLI):
             run=run,
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would re-parse a checkpoint's hyperparameters as the model's arguments, over
+        # the user's config and flags: ours hold provenance (`weights_sources`) that is no argument,
+        # and a flag such as --model.init_args.test_localization=true would lose to the saved value.
+        # The config names the model; the checkpoint gives its weights and pruned structure
+        # (on_load_checkpoint), and a resumed fit checks its recipe (`on_recipe_change`).
+        return
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         # LightningCLI gives save_hyperparameters its own keys; our modules drop them, and the data

@@ -138,6 +138,18 @@ def test_fit_distil_evaluate_through_the_command(tmp_path):
     assert "AttributionMatching: mode=sswa, weight=100" in info.stdout
     assert f"teacher from {teacher_ckpt}" in info.stdout
 
+    # `test`/`validate`/`fit --ckpt_path`: LightningCLI must not re-parse the checkpoint's
+    # hyperparameters over the config (provenance keys are no arguments; flags must win).
+    tested = _run(["test", "--config", "configs/synthetic/distill_div8_sswa.yaml", *TINY, "--ckpt_path", str(ckpt),
+                   "--model.init_args.test_localization=true", "--trainer.logger=false"], tmp_path)
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    assert "test/gradcam/point_acc" in tested.stdout
+    epoch = torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]
+    resumed = _run(["fit", "--config", "configs/synthetic/distill_div8_sswa.yaml", *TINY, "--ckpt_path", str(ckpt),
+                    "--trainer.max_epochs", "3"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] == epoch + 1  # resumed: one more epoch
+
 
 def test_console_script_exit_statuses_and_one_line_errors(tmp_path):
     assert _run(["--help"], tmp_path).returncode == 0
