@@ -185,7 +185,8 @@ class TeacherCache:
         logits_mm = np.load(self.path / "logits.npy", mmap_mode="r+")
         feats_mm = {layer: np.load(self.path / f"{layer}.npy", mmap_mode="r+") for layer in self.layers}
         loader = DataLoader(_Subset(self.dataset, todo), batch_size=max(1, self.batch_size // self.views),
-                            num_workers=self.num_workers, collate_fn=list)
+                            num_workers=self.num_workers, collate_fn=list,
+                            generator=torch.Generator())  # own seed: building must not move the global RNG
         was_training = self.teacher.training
         self.teacher.eval()
         try:

@@ -77,6 +77,16 @@ def test_views_are_the_stored_crops(tmp_path):
     torch.testing.assert_close(item["teacher_logits"], logits, rtol=1e-3, atol=2e-3)
 
 
+def test_building_leaves_the_global_rng_alone(tmp_path):
+    # A fit that builds its cache must train like one that reuses it: same dropout and drop draws.
+    dm, teacher = _data(), _teacher()
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    _cache(tmp_path, dm, teacher).build(progress=False)
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)
+
+
 def test_key_changes_with_teacher_data_and_settings(tmp_path):
     dm, teacher = _data(), _teacher()
     base = _cache(tmp_path, dm, teacher).key
