@@ -53,6 +53,9 @@ def tiny(command: list[str]) -> list[str]:
     voc = any("voc" in a.lower() for a in args)
     if name == "fit":
         return [name, *args, *TINY_FIT, *(TINY_VOC if voc else TINY_SYNTHETIC)]
+    if name in ("test", "validate"):
+        return [name, *args, "--trainer.limit_test_batches", "2", "--trainer.limit_val_batches", "1",
+                *(TINY_VOC if voc else TINY_SYNTHETIC)]
     if name == "evaluate":
         return [name, *args, *TINY_EVALUATE, *(["--image-size", "64"] if voc else [])]
     return [name, *args]
