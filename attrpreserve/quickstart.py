@@ -46,10 +46,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=1000, help="training images")
     p.add_argument("--num-test", type=int, default=300, help="localisation images")
     p.add_argument("--teacher-epochs", type=int, default=25)
-    p.add_argument("--student-epochs", type=int, default=60)
+    p.add_argument("--student-epochs", type=int, default=100)
     p.add_argument("--student-divisor", type=int, default=8, choices=(2, 4, 8))
     p.add_argument("--student-lr", type=float, default=3e-3)
     p.add_argument("--beta", type=float, default=100.0, help="weight of the SSWA matching loss")
+    p.add_argument("--layer", default="conv5_3", choices=("conv5_3", "pool5"),
+                   help="layer the SSWA maps are matched at: conv5_3 (default; where Grad-CAM is scored, 16x16) or "
+                        "pool5 (the paper's, 8x8): docs/study.md")
     p.add_argument("--views", type=int, default=8, help="cached views per training image")
     p.add_argument("--head-pool", type=int, default=1,
                    help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
@@ -149,7 +152,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     students: dict[str, DistillationModule] = {}
     cache_dir = out / "teacher_cache"
-    for name, callbacks in (("KD", []), ("SSWA", [AttributionMatching(mode="sswa", weight=args.beta, seed=args.seed)])):
+    for name, callbacks in (("KD", []), ("SSWA", [AttributionMatching(mode="sswa", weight=args.beta, layer=args.layer,
+                                                                         seed=args.seed)])):
         source = "run online" if args.no_cache else f"read from a {args.views}-view cache"
         print(f"[{2 + len(students)}/4] student /{args.student_divisor} by {name}: {args.student_epochs} epochs, "
               f"teacher {source}")

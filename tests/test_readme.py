@@ -27,7 +27,7 @@ TINY_EVALUATE = ["--max-images", "8", "--batch-size", "4", "--device", "cpu", "-
 # Python block: (pattern, replacement), each must match exactly once.
 TINY_PYTHON = [
     (r"SyntheticDataModule\(num_train=1000,", "SyntheticDataModule(num_train=16, num_val=8, num_test=8, batch_size=8,"),
-    (r"pl\.Trainer\(max_epochs=60,", "pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, "
+    (r"pl\.Trainer\(max_epochs=100,", "pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, "
                                      "logger=False, enable_checkpointing=False, enable_progress_bar=False,"),
     (r"teacher=teacher\)", "teacher=teacher, max_images=8, progress=False)"),
 ]

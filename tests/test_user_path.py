@@ -105,7 +105,7 @@ def test_fit_distil_evaluate_through_the_command(tmp_path):
     callbacks = training["config"]["callbacks"]
     matching = callbacks["AttributionMatching"]
     assert (matching["mode"], matching["weight"], matching["drop_prob"], matching["layer"]) == ("sswa", 100.0,
-                                                                                                   0.3, "pool5")
+                                                                                                   0.3, "conv5_3")
     assert training["config"]["weights"]["teacher"]["path"] == str(teacher_ckpt)
     assert len(training["config"]["weights"]["teacher"]["sha256"]) == 16
     assert training["config"]["networks"]["student"]["spec"]["width_divisor"] == 8

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The synthetic ablation of docs/study.md (issue 14): which part of the recipe decides how much of
+# the teacher's localisation an SSWA /8 student keeps. Every step is one `attrpreserve sweep`;
+# rerunning the script skips the finished runs and rebuilds every table and plot from the runs.
+#
+#   bash examples/synthetic_ablation.sh            # everything, in order
+#   bash examples/synthetic_ablation.sh arms layer # only these steps
+#
+# On a 2-core machine one student run (60 epochs, 1 thread) takes 4-6 minutes; WORKERS=2 runs two
+# at a time. OUT (default runs/sweeps) holds one folder per step.
+set -euo pipefail
+OUT=${OUT:-runs/sweeps}
+SEEDS=${SEEDS:-0,1,2}
+WORKERS=${WORKERS:-2}
+C=examples/synthetic_ablation  # the baseline configs as the study ran them (configs/synthetic/ moved on)
+# Every student of a seed distils that seed's teacher; data.seed follows the seed, so the spread
+# covers data, teacher and student initialisation. Validation every 10 epochs: the numbers that
+# count are evaluate's, on the localisation split, after the fit.
+COMMON=(--seeds "$SEEDS" --set 'data.seed={seed}' --protocols all,paper --workers "$WORKERS" --threads 1)
+STUDENT=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --teacher-weights "$OUT/teachers/teacher/seed={seed}/final.ckpt"
+         --reference "teacher=$OUT/teachers/teacher" --reference "KD=$OUT/arms/distill_div8_kd")
+
+STEPS="$*"
+step() { [ -z "$STEPS" ] || [[ " $STEPS " == *" $1 "* ]]; }
+
+if step teachers; then  # the teachers: vgg_small, 25 epochs, one per seed
+  attrpreserve sweep --config $C/teacher.yaml "${COMMON[@]}" --out "$OUT/teachers"
+fi
+if step arms; then  # the defaults: KD against SSWA, SWA and EWA (beta 100, pool5, drop 0.3, 60 epochs)
+  attrpreserve sweep --config $C/distill_div8_kd.yaml --config $C/distill_div8_sswa.yaml \
+    --config $C/distill_div8_swa.yaml --config $C/distill_div8_ewa.yaml "${STUDENT[@]}" --out "$OUT/arms"
+fi
+if step layer; then  # the matched layer: pool5 (the paper's; 8x8 on vgg_small) against conv5_3 (16x16, where Grad-CAM is scored)
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --grid callbacks.AttributionMatching.layer=conv5_3 "${STUDENT[@]}" --out "$OUT/layer"
+fi
+if step floor; then  # labels only: no KD, no matching (the floor)
+  attrpreserve sweep --config $C/distill_div8_kd.yaml --set model.kd=null --set data.cache_teacher=false \
+    "${STUDENT[@]}" --out "$OUT/floor"
+fi
+if step layerbeta; then  # the matching weight with conv5_3 matched (256 positions: beta 100 there weighs a
+  # cosine point a quarter of what it weighs at pool5's 64)
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
+    --grid callbacks.weight=1000 "${STUDENT[@]}" --out "$OUT/layer_beta"
+fi
+if step epochs || step epochs_kd; then  # student length: 100 epochs (learning-rate step at 75 %): KD
+  attrpreserve sweep --config $C/distill_div8_kd.yaml --set trainer.max_epochs=100 --set 'model.milestones=[75]' \
+    "${STUDENT[@]}" --out "$OUT/epochs100_kd"
+fi
+if step epochs || step epochs_sswa; then  # ... and SSWA matched at conv5_3, against the 100-epoch KD students
+  KD100=()
+  [ -d "$OUT/epochs100_kd/distill_div8_kd" ] && KD100=(--reference "KD=$OUT/epochs100_kd/distill_div8_kd")
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
+    --set trainer.max_epochs=100 --set 'model.milestones=[75]' "${STUDENT[@]}" "${KD100[@]}" --out "$OUT/epochs100_sswa"
+fi
+if step width; then  # student capacity: /4 students (8-16-32-32 channels) against /8 (4-8-16-16), SSWA at conv5_3
+  attrpreserve sweep --config $C/distill_div4_kd.yaml "${STUDENT[@]}" --out "$OUT/width_kd"
+  attrpreserve sweep --config $C/distill_div4_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
+    "${STUDENT[@]}" --reference "KD=$OUT/width_kd/distill_div4_kd" --out "$OUT/width_sswa"
+fi
+if step online; then  # the teacher run online in every step (fresh crops each epoch) instead of 8 cached views
+  attrpreserve sweep --config $C/distill_div8_kd.yaml --set data.cache_teacher=false "${STUDENT[@]}" --out "$OUT/online_kd"
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
+    --set data.cache_teacher=false "${STUDENT[@]}" --reference "KD=$OUT/online_kd/distill_div8_kd" --out "$OUT/online_sswa"
+fi
+if step beta; then  # the matching weight
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --grid callbacks.weight=10,1000 "${STUDENT[@]}" --out "$OUT/beta"
+fi
+if step drop; then  # SSWA's channel-drop probability
+  attrpreserve sweep --config $C/distill_div8_sswa.yaml --grid callbacks.drop_prob=0.0,0.5 "${STUDENT[@]}" --out "$OUT/drop"
+fi
+if step report; then  # docs/study_synthetic.md and its plots: every step's table as the harness wrote it
+  DOC=${DOC:-docs/study_synthetic.md}
+  mkdir -p docs/study_synthetic
+  {
+    echo "# The synthetic ablation: the harness's tables"
+    echo
+    echo "Written by \`bash examples/synthetic_ablation.sh report\` from the sweeps in \`$OUT\` (each table is that"
+    echo "sweep's \`table.md\`, regenerated by rerunning its step); read with [study.md](study.md#results)."
+    STEP_DIRS="teachers arms floor layer layer_beta epochs100_kd epochs100_sswa width_kd width_sswa online_kd online_sswa beta drop"
+    # shellcheck disable=SC2086
+    python examples/synthetic_ablation/summary.py "$OUT" $STEP_DIRS
+    for s in $STEP_DIRS; do
+      [ -f "$OUT/$s/table.md" ] || continue
+      echo; echo "## Step \`$s\`"; echo
+      sed -e '1,2d' -e 's/^### /#### /' "$OUT/$s/table.md"
+      if [ -f "$OUT/$s/sweep.png" ]; then
+        cp "$OUT/$s/sweep.png" "docs/study_synthetic/$s.png"
+        echo; echo "![$s](study_synthetic/$s.png)"
+      fi
+    done
+  } > "$DOC"
+fi
