@@ -42,6 +42,21 @@ def check_fraction(name: str, value: Any, hint: str = "") -> float:
     return float(value)
 
 
+def void_dropped_classes(mask: Tensor, labels: Tensor, kept: Tensor) -> Tensor:
+    """``mask`` with the pixels of every class in ``labels`` but not in ``kept`` (a crop dropped
+    it) set to :data:`IGNORE_INDEX`, so that "class c in the labels iff c + 1 in the mask" holds
+    for augmented items too. Returns a new tensor (a crop may be a view of stored data).
+
+    Example:
+        >>> void_dropped_classes(torch.tensor([0, 1, 2]), torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]))
+        tensor([  0,   1, 255])
+    """
+    lost = torch.nonzero(labels > kept).flatten() + 1
+    if not len(lost):
+        return mask
+    return torch.where(torch.isin(mask, lost.to(mask.dtype)), torch.tensor(IGNORE_INDEX, dtype=mask.dtype), mask)
+
+
 def check_stats(name: str, value: Sequence[float], positive: bool) -> tuple[float, float, float]:
     """Per-channel mean/std: three floats (std > 0)."""
     try:

@@ -52,7 +52,7 @@ from torch.utils.data import Dataset
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
-    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats,
+    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_int, check_stats, void_dropped_classes,
 )
 
 SHAPES: tuple[str, ...] = (
@@ -454,11 +454,7 @@ class SyntheticDataset(Dataset):
             size = self.config.image_size
             box, flip = T.sample_view(None, size, size, self.scale, self.ratio)
             labels = self.view_labels(index, box)
-            lost = self.labels[index] > labels
-            if lost.any():
-                mask = mask.clone()
-                for c in torch.nonzero(lost).flatten().tolist():
-                    mask[mask == c + 1] = IGNORE_INDEX
+            mask = void_dropped_classes(mask, self.labels[index], labels)
             image = T.apply_view(image, box, flip, size)
             mask = T.apply_view_to_mask(mask, box, flip, size)
         return {

@@ -63,6 +63,7 @@ from torchvision import tv_tensors
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
     IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_fraction, check_int, check_stats, default_workers, plain,
+    void_dropped_classes,
 )
 from attrpreserve.data.store import ImageStore, build_on_rank_zero, default_store_size
 
@@ -631,10 +632,7 @@ class VOCDataset(Dataset):
             image = T.apply_view(image, box, flip, self.image_size)
             if mask is not None:
                 mask = T.apply_view(mask, box, flip, self.image_size)  # a tv Mask: nearest neighbour
-                lost = torch.nonzero(self.labels[index] > labels).flatten() + 1
-                if len(lost):  # a dropped class leaves void, not pixels of a class the labels deny;
-                    # not in place, as the crop may be a view of the store's mask
-                    mask = torch.where(torch.isin(mask, lost.to(mask.dtype)), IGNORE_INDEX, mask)
+                mask = void_dropped_classes(mask, self.labels[index], labels)
         elif self.transform is not None:
             if mask is None:
                 image = self.transform(image)
