@@ -43,6 +43,24 @@ def test_vgg_small_pool5_8x8_and_conv_16x16_at_64px():
     assert feats["pool5"].shape[-2:] == (8, 8) and feats["conv5_3"].shape[-2:] == (16, 16)
 
 
+@pytest.mark.parametrize("size, pool_runs", [(64, 0), (80, 1)])
+def test_head_skips_the_pool_only_where_it_is_an_identity(size, pool_runs):
+    # At 64 px pool3 is 8x8 = the pool's output: the head skips it (same logits, to the bit);
+    # at 80 px (10x10) the pool averages and must run.
+    torch.manual_seed(0)
+    net = vgg_small(num_classes=3, width_divisor=8, head_pool=8).eval()
+    calls = []
+    net.avgpool.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        features = net.features(x)
+        expected = net.classifier(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(features, 8), 1))
+        calls.clear()
+        assert torch.equal(net(x), expected)
+        assert len(calls) == pool_runs
+        assert torch.equal(net.forward_from("pool5", features), expected)
+
+
 def test_unknown_layer_lists_available_names():
     with pytest.raises(ValueError, match="conv5_3") as err:
         resolve_layer(vgg_small(), "fc7")

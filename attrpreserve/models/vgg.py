@@ -130,9 +130,7 @@ class VGG(nn.Module):
             self.weights_source = weights_source(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = self.avgpool(x)
-        return self.classifier(torch.flatten(x, 1))
+        return self._head(self.features(x))
 
     def forward_from(self, layer: str, x: torch.Tensor) -> torch.Tensor:
         """Logits from the output ``x`` of ``layer`` (runs only the network after it).
@@ -159,7 +157,14 @@ class VGG(nn.Module):
             )
         for module in list(self.features)[int(index) + 1 :]:
             x = module(x)
-        return self.classifier(torch.flatten(self.avgpool(x), 1))
+        return self._head(x)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        # At the native input size the pool's output size equals its input's (7x7 for VGG16 at 224-227 px,
+        # 8x8 for vgg_small at 64 px): an identity that still costs a conv's time forward and backward on CPU.
+        if tuple(x.shape[-2:]) != self.avgpool.output_size:
+            x = self.avgpool(x)
+        return self.classifier(torch.flatten(x, 1))
 
     def _init_weights(self) -> None:
         # torchvision's VGG initialisation, so students start as the paper's do.
