@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from attrpreserve.attribution.capture import capture_features
-from attrpreserve.data.resumable import Key, SeededItems
+from attrpreserve.data.resumable import BatchedItems, Key, SeededItems
+from attrpreserve.data.resumable import collate_batched  # noqa: F401  (re-exported: the loader's collate_fn)
 from attrpreserve.data.store import progress_bar
 
 ViewSampler = Callable[[torch.Generator, int, int], tuple[tuple[int, int, int, int], bool]]
@@ -384,35 +385,9 @@ class CachedViewsDataset(Dataset):
         }
 
 
-class CachedViewBatches(SeededItems):
-    """:class:`~attrpreserve.data.resumable.SeededItems` over a :class:`CachedViewsDataset` whose
-    DataLoader batches are fetched whole: a DataLoader calls ``__getitems__(keys)`` for a batch
-    when the dataset defines it, here :meth:`CachedViewsDataset.batch`, which returns the batch
-    already collated; give the loader ``collate_fn=collate_batched``. Single keys fetch items as
-    ``SeededItems`` does.
-
-    Args:
-        dataset: the cached views (anything with ``batch(keys)``).
-
-    Example:
-        >>> class Views(Dataset):
-        ...     def batch(self, keys): return {"index": torch.tensor([index for index, _ in keys])}
-        >>> CachedViewBatches(Views()).__getitems__([(4, 11), (2, 12)])
-        {'index': tensor([4, 2])}
-    """
-
-    def __getitems__(self, keys: Sequence[int | Key]) -> dict[str, Any]:
-        return self.dataset.batch(keys)
-
-
-def collate_batched(batch: dict[str, Any]) -> dict[str, Any]:
-    """The ``collate_fn`` of a loader over :class:`CachedViewBatches`: its batches come collated.
-
-    Example:
-        >>> collate_batched({"index": torch.tensor([3, 1])})
-        {'index': tensor([3, 1])}
-    """
-    return batch
+CachedViewBatches = BatchedItems
+"""The teacher cache's name for :class:`~attrpreserve.data.resumable.BatchedItems` (what the
+training loader wraps a :class:`CachedViewsDataset` in)."""
 
 
 _progress = progress_bar  # the shared rich bar (attrpreserve.data.store)

@@ -4,8 +4,9 @@ On a generated VOC-layout folder (``voc_folder.py``: random sizes, boxes with ma
 downloaded), in one process:
 
 - ``loader``: images/s of one epoch of the training loaders, without (``jpeg``) and with
-  (``store``) the store: the online path (``VOCDataModule.train_dataloader``: decode, crop +
-  flip, normalise) and the teacher-cache path (``CachedViewsDataset``: source image, one stored
+  (``store``) the store: the online path (decode, crop + flip, normalise, one item at a time;
+  ``online/batched``: the store's items built a batch at once, ``VOCDataset.batch``, as
+  ``VOCDataModule.train_dataloader`` now serves them) and the teacher-cache path (``CachedViewsDataset``: source image, one stored
   view, teacher outputs from the cache; a plain shuffled DataLoader, one item at a time). Third
   column, on the store: the cache as the data modules' training loader serves it, keys
   ``(index, draw_seed)`` from a ``ResumableSampler``, one item at a time (``seeded``:
@@ -39,9 +40,11 @@ from voc_folder import make_voc_folder  # noqa: E402
 
 from attrpreserve.data import VOCDataModule  # noqa: E402
 from attrpreserve.data.common import loader_kwargs  # noqa: E402
-from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems  # noqa: E402
+from attrpreserve.data.resumable import (  # noqa: E402
+    BatchedItems, ResumableLoader, ResumableSampler, SeededItems, collate_batched,
+)
 from attrpreserve.models import vgg_small  # noqa: E402
-from attrpreserve.teacher_cache import CachedViewBatches, TeacherCache, collate_batched  # noqa: E402
+from attrpreserve.teacher_cache import CachedViewBatches, TeacherCache  # noqa: E402
 
 
 def _module(root: Path, work: Path, store: bool, args: argparse.Namespace, **extra) -> VOCDataModule:
@@ -70,7 +73,14 @@ def loaders(root: Path, work: Path, args: argparse.Namespace) -> dict[str, list[
             print(f"  store build ({tag}, short side {dm.store_size}): {time.perf_counter() - start:.1f} s for "
                   f"{len(dm.train_dataset) + len(dm.val_dataset)} images, "
                   f"{sum(f.stat().st_size for f in dm.train_dataset.store.path.iterdir()) / 2**20:.1f} MiB (train)")
-        runs[f"online/{tag}"] = dm.train_dataloader()
+        data = dm.train_dataset
+        kwargs = loader_kwargs(args.batch_size, args.workers, False)
+        # the online path as before (one item at a time) and, on the store, as the training loader
+        # now serves it (whole batches: VOCDataset.batch)
+        runs[f"online/{tag}"] = ResumableLoader(SeededItems(data), sampler=ResumableSampler(data), **kwargs)
+        if store:
+            runs["online/batched"] = ResumableLoader(BatchedItems(data), sampler=ResumableSampler(data),
+                                                     collate_fn=collate_batched, **kwargs)
         cache = TeacherCache(teacher, dm.source_dataset("train"), dm.sample_view, dm.apply_view, views=args.views,
                              cache_dir=work / "teacher", image_size=args.image_size).build(progress=False)
         runs[f"cached/{tag}"] = DataLoader(cache.dataset_for_training(), batch_size=args.batch_size, shuffle=True,
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         print(f"  {name:14s} {max(values):8.1f} images/s  (range {min(values):.1f}-{max(values):.1f}, "
               f"{len(values)} runs)")
     pairs = [(f"{path}/store", f"{path}/jpeg") for path in ("online", "cached", "fit")]
-    pairs += [("cached/batched", "cached/seeded"), ("cached/batched", "cached/jpeg"), ("fit/batched", "fit/store"),
+    pairs += [("online/batched", "online/store"), ("online/batched", "online/jpeg"), ("cached/batched", "cached/seeded"), ("cached/batched", "cached/jpeg"), ("fit/batched", "fit/store"),
               ("fit/batched", "fit/jpeg")]
     for top, bottom in pairs:
         if top in rates and bottom in rates:

@@ -217,3 +217,57 @@ def test_fit_with_batched_views_equals_per_item_fit_and_resumes(tmp_path):
                                          ckpt=tmp_path / "batched" / "step=4.ckpt")  # epoch 1, after 1 batch
     assert seen_resumed == seen[4:]
     _assert_same(weights, weights_resumed, "resumed weights")
+
+
+def _voc_online(voc_root, tmp_path, workers: int, store: bool = True) -> VOCDataModule:
+    dm = VOCDataModule(voc_root, image_size=32, batch_size=BATCH, num_workers=workers, store=store,
+                       store_dir=str(tmp_path / "store"), scale=(0.08, 1.0), pin_memory=False)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_voc_online_store_batches_equal_the_per_item_path(voc_root, tmp_path, workers):
+    """Without a teacher cache, the training loader of a VOC store fetches whole batches
+    (``VOCDataset.batch``) equal, tensor for tensor, to the per-item path's over the same keys:
+    two epochs, and a loader resumed after one batch of epoch 1."""
+    from attrpreserve.data.resumable import BatchedItems, ResumableLoader, ResumableSampler
+
+    dm = _voc_online(voc_root, tmp_path, workers)
+    _attach(dm, None)
+    batched = dm.train_dataloader()
+    assert isinstance(batched.dataset, BatchedItems)  # the batched path is the one under test
+    data = batched.dataset.dataset
+    seed = batched.sampler.seed
+
+    def per_item(epoch=0, skip=0):
+        sampler = ResumableSampler(data, shuffle=True, seed=seed, epoch=epoch, skip=skip)
+        return ResumableLoader(SeededItems(data), batch_size=BATCH, sampler=sampler, num_workers=workers)
+
+    reference = _epochs(per_item(), (0, 1))
+    _assert_same(reference, _epochs(batched, (0, 1)), "epochs")
+    flat = [b for epoch in reference for b in epoch]
+    assert [sorted(torch.cat([b["index"] for b in epoch]).tolist()) for epoch in reference] == [list(range(4))] * 2
+    # label-aware crops at scale 0.08: some view's labels are not its image's
+    full = torch.stack([data.labels[i] for i in torch.cat([b["index"] for b in flat]).tolist()])
+    assert not torch.equal(full, torch.cat([b["labels"] for b in flat]))
+    _attach(dm, None, epoch=1, done=1)
+    _assert_same(reference[1][1:], _epochs(dm.train_dataloader(), (1,))[0], "resumed batched")
+    _assert_same(reference[1][1:], _epochs(per_item(1, BATCH), (1,))[0], "resumed per-item")
+
+
+def test_voc_batch_equals_collated_items(voc_root, tmp_path):
+    """``VOCDataset.batch`` on its own: keys from their draw seeds, plain indices from the global
+    generator as ``dataset[index]`` draws, duplicates kept; without a store (JPEG decode) the
+    items are collated one by one; an index out of range raises."""
+    data = _voc_online(voc_root, tmp_path, 0).train_dataset
+    keys = [(3, 11), (0, 12), (3, 13), (1, 14)]
+    _assert_same(torch.utils.data.default_collate([SeededItems(data)[key] for key in keys]), data.batch(keys))
+    torch.manual_seed(5)
+    expected = torch.utils.data.default_collate([data[i] for i in (2, 0, 2)])
+    torch.manual_seed(5)
+    _assert_same(expected, data.batch([2, 0, 2]))
+    jpeg = _voc_online(voc_root, tmp_path, 0, store=False).train_dataset
+    _assert_same(torch.utils.data.default_collate([SeededItems(jpeg)[key] for key in keys]), jpeg.batch(keys))
+    with pytest.raises(IndexError):
+        data.batch([(4, 1)])

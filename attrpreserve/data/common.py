@@ -13,7 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from attrpreserve.data import transforms as T
-from attrpreserve.data.resumable import ResumableLoader, ResumableSampler, SeededItems, resume_position
+from attrpreserve.data.resumable import (
+    BatchedItems, ResumableLoader, ResumableSampler, SeededItems, collate_batched, resume_position,
+)
 
 IGNORE_INDEX = 255
 """Mask value of void pixels (VOC's object borders): ignored by every metric, never background."""
@@ -175,11 +177,11 @@ class ViewMixin:
         epoch, skip_batches = resume_position(trainer, math.ceil(sampler.num_samples / self.batch_size))
         sampler.resume(epoch, skip_batches * self.batch_size)
         kwargs = loader_kwargs(self.batch_size, self.num_workers, self.pin_memory, seed)
-        if getattr(self, "cache_teacher", False) and getattr(self, "cache_batched", False):
-            from attrpreserve.teacher_cache import CachedViewBatches, collate_batched
-
-            # Same keys, same batches, fetched whole (no per-item dicts, forks of the RNG, collation).
-            return ResumableLoader(CachedViewBatches(dataset), **kwargs, sampler=sampler, collate_fn=collate_batched)
+        cached = getattr(self, "cache_teacher", False)
+        if (cached and getattr(self, "cache_batched", False)) or (not cached and hasattr(dataset, "batch")):
+            # Same keys, same batches, fetched whole (no per-item dicts, forks of the RNG, collation):
+            # the teacher cache's views, or a dataset that builds its own batches (VOCDataset).
+            return ResumableLoader(BatchedItems(dataset), **kwargs, sampler=sampler, collate_fn=collate_batched)
         return ResumableLoader(SeededItems(dataset), **kwargs, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -150,6 +150,37 @@ class SeededItems(Dataset):
         return getattr(self.dataset, name)
 
 
+class BatchedItems(SeededItems):
+    """:class:`SeededItems` whose DataLoader batches are fetched whole: a DataLoader calls
+    ``__getitems__(keys)`` for a batch when the dataset defines it, here ``dataset.batch(keys)``,
+    which returns the batch already collated (equal, tensor for tensor, to collating
+    ``SeededItems(dataset)[key]`` for every key); give the loader ``collate_fn=collate_batched``.
+    Single keys fetch items as ``SeededItems`` does.
+
+    Args:
+        dataset: anything with ``batch(keys)`` (a teacher cache's views, ``VOCDataset``).
+
+    Example:
+        >>> class Views(Dataset):
+        ...     def batch(self, keys): return {"index": torch.tensor([index for index, _ in keys])}
+        >>> BatchedItems(Views()).__getitems__([(4, 11), (2, 12)])
+        {'index': tensor([4, 2])}
+    """
+
+    def __getitems__(self, keys: list[int | Key]) -> dict[str, Any]:
+        return self.dataset.batch(keys)
+
+
+def collate_batched(batch: dict[str, Any]) -> dict[str, Any]:
+    """The ``collate_fn`` of a loader over :class:`BatchedItems`: its batches come collated.
+
+    Example:
+        >>> collate_batched({"index": torch.tensor([3, 1])})
+        {'index': tensor([3, 1])}
+    """
+    return batch
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader over a :class:`ResumableSampler` whose seed Lightning checkpoints.
 

@@ -38,7 +38,9 @@ and memory-mapped as uint8 (:mod:`attrpreserve.data.store`); items are cropped, 
 resized from it in uint8 and normalised at the small size. The size checks above then run on every
 file while the store is built (in ``setup()``), not when an item is read. Items differ from the
 JPEG path's by the store's resize (crops of the stored image, not of the source); ``store_size=0``
-keeps the source size and gives the JPEG path's items exactly.
+keeps the source size and gives the JPEG path's items exactly. The training loader builds each
+batch of store items at once (:meth:`VOCDataset.batch`: no per-item dicts, ``tv_tensors`` or
+collation, one normalisation), the per-item path's batches bit for bit.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from attrpreserve.data import transforms as T
@@ -65,6 +67,7 @@ from attrpreserve.data.common import (
     IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_fraction, check_int, check_stats, default_workers, plain,
     void_dropped_classes,
 )
+from attrpreserve.data.resumable import Key, SeededItems
 from attrpreserve.data.store import ImageStore, build_on_rank_zero, default_store_size
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -605,6 +608,42 @@ class VOCDataset(Dataset):
             h.update(f"store:{self.store.key}".encode())
         return f"VOCDataset:{h.hexdigest()[:16]}"
 
+    def batch(self, keys: Sequence[int | Key]) -> dict[str, Any]:
+        """The collated batch of ``keys`` (``(index, draw_seed)`` as a ``ResumableSampler`` yields
+        them, or plain indices): equal, tensor for tensor, to
+        ``default_collate([SeededItems(self)[k] for k in keys])``.
+
+        Augmented items read from a store (the training set of ``VOCDataModule(store=True)``) are
+        built without per-item dicts, ``tv_tensors`` or collation: each view is drawn from its key's
+        seed, cropped and resized in uint8, and the batch normalised once (normalising is
+        elementwise: the same floats). Other items are collated one by one.
+
+        Raises:
+            IndexError: an index out of range.
+        """
+        if self.store is None or not self.augment or self.segmentation or not self.normalize:
+            seeded = SeededItems(self)
+            return default_collate([seeded[key] for key in keys])
+        draws = torch.Generator()  # re-seeded per key: the draws SeededItems' forked global RNG makes
+        images, labels, indices = [], [], []
+        for key in keys:
+            index, seed = key if isinstance(key, tuple) else (key, None)
+            index = int(index)
+            if not 0 <= index < len(self.ids):
+                raise IndexError(f"index {index} out of range for {len(self.ids)} items")
+            image = self.store.image(index)
+            frame = (int(image.shape[-2]), int(image.shape[-1]))
+            generator = None if seed is None else draws.manual_seed(int(seed))  # int keys: the global RNG, as items
+            box, flip = T.sample_view(generator, frame[0], frame[1], self.scale, self.ratio)
+            labels.append(self._view_labels(index, box, frame, self.store.source_size(index)))
+            images.append(T.apply_view(image, box, flip, self.image_size))
+            indices.append(index)
+        return {
+            "image": T.normalize(torch.stack(images), self.mean, self.std),
+            "labels": torch.stack(labels),
+            "index": torch.tensor(indices, dtype=torch.int64),
+        }
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} items")
@@ -700,7 +739,8 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             under DDP while the others wait; resumable; rebuilt when a file's name, size or mtime
             or ``store_size`` changes) and train and evaluate from it. Several times faster on
             CPU; items are crops of the stored (resized) image, so they differ slightly from the
-            JPEG path's. Off by default.
+            JPEG path's. Training batches of the store are built whole (:meth:`VOCDataset.batch`,
+            bit for bit the per-item path's). Off by default.
         store_dir: parent folder of the stores.
         store_size: short side of stored images in pixels, ``0`` (source size: items equal the
             JPEG path's) or ``>= image_size``; ``None`` is ``round(1.15 * image_size)``.
