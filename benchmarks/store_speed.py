@@ -13,13 +13,17 @@ downloaded), in one process:
   ``SeededItems`` + default collation, ``cache_batched=False``) and whole batches (``batched``:
   ``CachedViewBatches``, the default). Repeated, interleaved; min and range printed.
 - ``--fit``: ``Trainer.fit`` of a /8 student with SSWA matching reading a vgg_small teacher from
-  the 8-view cache, one process, ``num_workers`` workers; images/s of the epochs after the first;
-  ``jpeg`` and ``store`` load one item at a time, ``batched`` is the store with batched loading.
+  the 8-view cache (``--online``: the teacher run in every step; ``--arch vgg16``, ``--accelerator
+  gpu``, ``--precision bf16-mixed`` for the GPU), one process, ``num_workers`` workers; images/s of
+  the epochs after the first; ``jpeg`` and ``store`` load one item at a time, ``batched`` is the
+  store with batched loading.
 
 Usage (CPU, 2 cores):
   python benchmarks/store_speed.py --image-size 64                       # loader, 400 JPEGs 112-500 px
   python benchmarks/store_speed.py --image-size 227
   python benchmarks/store_speed.py --fit --num-images 1600 --min-side 112 --max-side 160 --image-size 64
+  python benchmarks/store_speed.py --fit --online --arch vgg16 --image-size 227 --batch-size 64 --workers 8 \
+      --accelerator gpu --precision bf16-mixed --channels-last --num-images 2048   # the GPU end to end
 Add ``--threads 1`` on a machine shared with other jobs (torch's threads spin against them).
 """
 
@@ -121,22 +125,37 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
         def on_train_epoch_end(self, trainer, pl_module) -> None:
             self.rates.append(self.n / (time.perf_counter() - self.start))
 
+    from attrpreserve.models import create_model
+
     torch.manual_seed(0)
-    teacher = vgg_small(num_classes=20).eval()
+    teacher = create_model(args.arch, num_classes=20).eval()
     rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": [], "fit/batched": []}
     for _ in range(args.repeats):
         for name, store, batched in (("fit/jpeg", False, False), ("fit/store", True, False),
                                      ("fit/batched", True, True)):
-            dm = _module(root, work, store, args, cache_teacher=True, cache_batched=batched)
-            module = DistillationModule(teacher, vgg_small(num_classes=20, width_divisor=8), lr=0.01)
+            dm = _module(root, work, store, args, cache_teacher=not args.online, cache_batched=batched)
+            if args.online and not batched:  # the per-item online path (the batched one is the default)
+                dm.train_dataloader = _per_item_loader(dm)
+            module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01,
+                                        channels_last=args.channels_last)
             timer = EpochTimer()
-            trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator="cpu", logger=False,
-                                 enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                                 limit_val_batches=0, num_sanity_val_steps=0,
+            trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1,
+                                 precision=args.precision, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                                 num_sanity_val_steps=0,
                                  callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
             trainer.fit(module, dm)
             rates[name] += timer.rates[1:]  # the first epoch warms up
     return rates
+
+
+def _per_item_loader(dm: VOCDataModule):
+    """``dm.train_dataloader`` as it was before whole batches: one item at a time (SeededItems)."""
+    def loader() -> DataLoader:
+        batched = VOCDataModule.train_dataloader(dm)
+        return ResumableLoader(SeededItems(batched.dataset.dataset), sampler=batched.sampler,
+                               **loader_kwargs(dm.batch_size, dm.num_workers, dm.pin_memory))
+    return loader
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
@@ -153,6 +172,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--fit", action="store_true", help="end-to-end Trainer.fit instead of the loaders")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 is steadier "
                         "on a machine shared with other jobs")
+    parser.add_argument("--arch", default="vgg_small", choices=["vgg_small", "vgg16"], help="--fit: teacher (the "
+                        "student is its /8)")
+    parser.add_argument("--online", action="store_true", help="--fit: run the teacher in every step (no cache)")
+    parser.add_argument("--accelerator", default="cpu", help="--fit: Lightning accelerator (cpu, gpu)")
+    parser.add_argument("--precision", default="32-true", help="--fit: Lightning precision (32-true, bf16-mixed)")
+    parser.add_argument("--channels-last", action="store_true", help="--fit: channels_last networks and inputs")
     parser.add_argument("--data", default=None, help="folder for the generated VOC data (kept); default: temporary")
     args = parser.parse_args(argv)
     if args.threads:
