@@ -225,6 +225,30 @@ def test_matching_generator_state_is_checkpointed():
     torch.testing.assert_close(torch.rand(4, generator=other.generator), expected)
 
 
+def test_per_label_target_matches_every_image_class_pair():
+    """One map pair per (image, ground-truth class), each the map of that class alone; an image
+    whose labels are empty (a crop cut its objects out) takes the teacher's top-1 class; the loss
+    is the mean over pairs of each pair's loss."""
+    torch.manual_seed(0)
+    module = DistillationModule(_teacher(), _student()).eval()
+    cb = AttributionMatching(mode="swa", target="per_label")
+    cb.setup(None, module, "fit")
+    labels = torch.tensor([[1.0, 0, 1], [0, 1, 0], [0, 0, 0]])
+    batch = {"image": torch.randn(3, 3, 32, 32), "labels": labels}
+    t, s = module._forward_both(batch)
+    t_map, s_map = cb.term.maps(batch, t, s)
+    top1 = int(t.logits[2].argmax())
+    pairs = sorted([(0, 0), (0, 2), (1, 1), (2, top1)], key=lambda p: (p[1], p[0]))  # grouped by class
+    assert t_map.shape[0] == s_map.shape[0] == 4
+    for k, (i, c) in enumerate(pairs):
+        tt = module.forward_teacher(batch["image"][i:i + 1], ["pool5"], grad=True)
+        ss = module.forward_student(batch["image"][i:i + 1], ["pool5"])
+        torch.testing.assert_close(t_map[k:k + 1], cb.term._maps(tt, tt.features["pool5"], torch.tensor([c]), True))
+        torch.testing.assert_close(s_map[k:k + 1], cb.term._maps(ss, ss.features["pool5"], torch.tensor([c]), False))
+    expected = sum(matching_loss(s_map[k:k + 1], t_map[k:k + 1]) for k in range(4)) / 4
+    torch.testing.assert_close(cb.term(batch, t, s), expected)
+
+
 def test_labels_target_averages_class_maps():
     module = DistillationModule(_teacher(), _student()).eval()
     cb = AttributionMatching(mode="swa", target="labels")

@@ -20,7 +20,7 @@ from attrpreserve.terms import ForwardResult
 log = logging.getLogger(__name__)
 
 MODES = ("ewa", "swa", "sswa")
-TARGETS = ("teacher_top1", "labels")
+TARGETS = ("teacher_top1", "labels", "per_label")
 
 
 class MatchingTerm:
@@ -61,20 +61,32 @@ class MatchingTerm:
         return swa_map(features, grads)
 
     def maps(self, batch: dict[str, Tensor], teacher: ForwardResult, student: ForwardResult) -> tuple[Tensor, Tensor]:
-        """``(teacher_map, student_map)``, each ``[B, 1, H, W]``."""
+        """``(teacher_map, student_map)``, each ``[B, 1, H, W]`` (``[P, 1, H, W]``, one per
+        image and ground-truth class, with ``target="per_label"``)."""
         t_feat = teacher.features[self.teacher_layers[0]]
         s_feat = student.features[self.student_layers[0]]
         if self.mode == "ewa" or self.target == "teacher_top1":
             classes = self.target_classes(batch, teacher)
             return self._maps(teacher, t_feat, classes, True).detach(), self._maps(student, s_feat, classes, False)
-        # target="labels": mean of the maps of each image's ground-truth classes (maps and their
-        # weights in fp32 under mixed precision: see attrpreserve.attribution.maps).
+        # Ground-truth classes of each image (the teacher's top-1 where a crop left none), weights
+        # in fp32 under mixed precision (see attrpreserve.attribution.maps).
         labels = batch["labels"].to(torch.promote_types(t_feat.dtype, torch.float32))
         top1 = self.target_classes(batch, teacher)
         has_label = labels.sum(dim=1) > 0
         weights = torch.where(has_label[:, None], labels, torch.nn.functional.one_hot(top1, labels.shape[1]).to(labels))
-        t_sum, s_sum = 0.0, 0.0
         present = torch.nonzero(weights.sum(dim=0) > 0).flatten().tolist()
+        if self.target == "per_label":
+            # Every (image, class) pair matched on its own: the pairs the evaluation scores, where
+            # top-1 matching trains one map per image and leaves the other objects' to KD.
+            t_maps, s_maps = [], []
+            for c in present:
+                rows = weights[:, c] > 0
+                classes = torch.full_like(top1, c)
+                t_maps.append(self._maps(teacher, t_feat, classes, True).detach()[rows])
+                s_maps.append(self._maps(student, s_feat, classes, False)[rows])
+            return torch.cat(t_maps), torch.cat(s_maps)
+        # target="labels": mean of the maps of each image's ground-truth classes.
+        t_sum, s_sum = 0.0, 0.0
         for c in present:
             classes = torch.full_like(top1, c)
             w = weights[:, c].view(-1, 1, 1, 1)
@@ -92,8 +104,10 @@ class AttributionMatching(Callback):
     """Add ``weight * matching_loss(student_map, teacher_map)`` to a DistillationModule's loss.
 
     Maps are taken at ``layer`` (student) and ``teacher_layer`` (teacher; default: the same name)
-    for the teacher's top-1 class (``target="teacher_top1"``, the paper) or averaged over the
-    ground-truth classes (``target="labels"``). The teacher's gradient comes from its head only
+    for the teacher's top-1 class (``target="teacher_top1"``, the paper), averaged over the
+    ground-truth classes (``target="labels"``), or for every ground-truth class of every image,
+    each pair matched on its own (``target="per_label"``: the pairs localisation is scored on;
+    one gradient per class present in the batch). The teacher's gradient comes from its head only
     (its forward is not recorded before the layer); the student's is kept in the graph.
 
     Module contract: the LightningModule has ``add_loss_term``/``remove_loss_term``, ``teacher``
@@ -105,7 +119,7 @@ class AttributionMatching(Callback):
         drop_prob: fraction of teacher channels dropped per step in SSWA, in [0, 1) (paper: 0.3).
         layer: student layer alias or dotted name (paper: ``"pool5"``).
         teacher_layer: teacher layer (default: ``layer``).
-        target: ``"teacher_top1"`` or ``"labels"``.
+        target: ``"teacher_top1"``, ``"labels"`` or ``"per_label"``.
         per_sample: SSWA draws one channel subset per image instead of one per batch.
         seed: seed of the channel-drop generator (its state is checkpointed).
         name: key of the loss term (``train/<name>``); give several instances different names.
