@@ -53,6 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layer", default="conv5_3", choices=("conv5_3", "pool5"),
                    help="layer the SSWA maps are matched at: conv5_3 (default; where Grad-CAM is scored, 16x16) or "
                         "pool5 (the paper's, 8x8): docs/study.md")
+    p.add_argument("--target", default="teacher_top1", choices=("teacher_top1", "labels", "per_label"),
+                   help="classes whose maps SSWA matches: the teacher's top-1 per image (the paper's), the mean map "
+                        "of the ground-truth classes, or every ground-truth class on its own: docs/study.md")
     p.add_argument("--views", type=int, default=8, help="cached views per training image")
     p.add_argument("--head-pool", type=int, default=1,
                    help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     students: dict[str, DistillationModule] = {}
     cache_dir = out / "teacher_cache"
     for name, callbacks in (("KD", []), ("SSWA", [AttributionMatching(mode="sswa", weight=args.beta, layer=args.layer,
-                                                                         seed=args.seed)])):
+                                                                         target=args.target, seed=args.seed)])):
         source = "run online" if args.no_cache else f"read from a {args.views}-view cache"
         print(f"[{2 + len(students)}/4] student /{args.student_divisor} by {name}: {args.student_epochs} epochs, "
               f"teacher {source}")
