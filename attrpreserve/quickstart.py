@@ -53,9 +53,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layer", default="conv5_3", choices=("conv5_3", "pool5"),
                    help="layer the SSWA maps are matched at: conv5_3 (default; where Grad-CAM is scored, 16x16) or "
                         "pool5 (the paper's, 8x8): docs/study.md")
-    p.add_argument("--target", default="teacher_top1", choices=("teacher_top1", "labels", "per_label"),
-                   help="classes whose maps SSWA matches: the teacher's top-1 per image (the paper's), the mean map "
-                        "of the ground-truth classes, or every ground-truth class on its own: docs/study.md")
+    p.add_argument("--target", default="per_label", choices=("per_label", "teacher_top1", "labels"),
+                   help="classes whose maps SSWA matches: every ground-truth class of an image on its own (default), "
+                        "the teacher's top-1 per image (the paper's), or the mean map of the ground-truth classes: "
+                        "docs/study.md")
     p.add_argument("--views", type=int, default=8, help="cached views per training image")
     p.add_argument("--head-pool", type=int, default=1,
                    help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
