@@ -9,9 +9,12 @@ out = Path(sys.argv[1])
 steps = sys.argv[2:]
 for protocol in ("all", "paper"):
     print(f"\n### Summary, protocol `{protocol}` (Grad-CAM at conv5_3; mean ± std over seeds, worst seed in brackets)\n")
-    print("recovered = (point acc - KD) / (teacher - KD) per seed, and mAP - KD, against the step's KD reference:")
-    print("the /8 KD students of `arms` (60 epochs), except `epochs100_sswa` (the 100-epoch KD of")
-    print("`epochs100_kd`) and `width_sswa` (the /4 KD of `width_kd`). Every ground-truth pair under `all`.\n")
+    print("recovered = (point acc - KD) / (teacher - KD) per seed, and mAP - KD, against the step's references:")
+    print("the teachers of `teachers` and the /8 KD students of `arms` (60 epochs), except: `epochs100_sswa`,")
+    print("`target` and `target_beta` (the 100-epoch KD of `epochs100_kd`), `width_sswa` (the /4 KD of")
+    print("`width_kd`), `head_sswa` and `head_target` (teachers of `head_teachers`, KD of `head_kd`), `head100_sswa`")
+    print("(same teachers, KD of `head100_kd`), `crop_sswa_*` (KD of `crop_kd` with that crop). Every ground-truth")
+    print("pair under `all`.\n")
     print("| step | run | point acc | recovered (%) | cos | mAP | mAP - KD |")
     print("|---|---|---|---|---|---|---|")
     for step in steps:
