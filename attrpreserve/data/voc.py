@@ -608,6 +608,14 @@ class VOCDataset(Dataset):
             h.update(f"store:{self.store.key}".encode())
         return f"VOCDataset:{h.hexdigest()[:16]}"
 
+    def _draw_view(self, index: int, image: Tensor, source: tuple[int, int],
+                   generator: torch.Generator | None) -> tuple[T.Box, bool, Tensor]:
+        """A training view of item ``index``'s ``image`` (a crop box in its pixels, a flip) drawn
+        from ``generator`` (``None``: torch's global one), and the labels the crop keeps."""
+        frame = (int(image.shape[-2]), int(image.shape[-1]))
+        box, flip = T.sample_view(generator, frame[0], frame[1], self.scale, self.ratio)
+        return box, flip, self._view_labels(index, box, frame, source)
+
     def batch(self, keys: Sequence[int | Key]) -> dict[str, Any]:
         """The collated batch of ``keys`` (``(index, draw_seed)`` as a ``ResumableSampler`` yields
         them, or plain indices): equal, tensor for tensor, to
@@ -632,10 +640,9 @@ class VOCDataset(Dataset):
             if not 0 <= index < len(self.ids):
                 raise IndexError(f"index {index} out of range for {len(self.ids)} items")
             image = self.store.image(index)
-            frame = (int(image.shape[-2]), int(image.shape[-1]))
             generator = None if seed is None else draws.manual_seed(int(seed))  # int keys: the global RNG, as items
-            box, flip = T.sample_view(generator, frame[0], frame[1], self.scale, self.ratio)
-            labels.append(self._view_labels(index, box, frame, self.store.source_size(index)))
+            box, flip, kept = self._draw_view(index, image, self.store.source_size(index), generator)
+            labels.append(kept)
             images.append(T.apply_view(image, box, flip, self.image_size))
             indices.append(index)
         return {
@@ -663,11 +670,9 @@ class VOCDataset(Dataset):
                 mask = tv_tensors.Mask(raw)
         labels = self.labels[index].clone()
         if self.augment:
-            frame = tuple(image.shape[-2:])
             # torch's global generator, the draws v2's RandomResizedCrop + flip make: worker seeding
             # and resume work as before, and min_visible=0 gives train_transform's images exactly.
-            box, flip = T.sample_view(None, frame[0], frame[1], self.scale, self.ratio)
-            labels = self._view_labels(index, box, frame, source)
+            box, flip, labels = self._draw_view(index, image, source, None)
             image = T.apply_view(image, box, flip, self.image_size)
             if mask is not None:
                 mask = T.apply_view(mask, box, flip, self.image_size)  # a tv Mask: nearest neighbour
