@@ -13,8 +13,10 @@ for protocol in ("all", "paper"):
     print("the teachers of `teachers` and the /8 KD students of `arms` (60 epochs), except: `epochs100_sswa`,")
     print("`target` and `target_beta` (the 100-epoch KD of `epochs100_kd`), `width_sswa` (the /4 KD of")
     print("`width_kd`), `head_sswa` and `head_target` (teachers of `head_teachers`, KD of `head_kd`), `head100_sswa`")
-    print("(same teachers, KD of `head100_kd`), `crop_sswa_*` (KD of `crop_kd` with that crop). Every ground-truth")
-    print("pair under `all`.\n")
+    print("(same teachers, KD of `head100_kd`), `crop_sswa_*` (KD of `crop_kd` with that crop), `epochs150_sswa`")
+    print("(KD of `epochs150_kd`), `online_sswa` (KD of `online_kd`), `teacherlen_*` (teachers of `teacher_len`,")
+    print("KD of `teacherlen_kd`), `head150_sswa` (teachers of `head_teachers`, KD of `head150_kd`). Every")
+    print("ground-truth pair under `all`.\n")
     print("| step | run | point acc | recovered (%) | cos | mAP | mAP - KD |")
     print("|---|---|---|---|---|---|---|")
     for step in steps:
