@@ -11,7 +11,7 @@ for protocol in ("all", "paper"):
     print(f"\n### Summary, protocol `{protocol}` (Grad-CAM at conv5_3; mean ± std over seeds, worst seed in brackets)\n")
     print("recovered = (point acc - KD) / (teacher - KD) per seed, and mAP - KD, against the step's references:")
     print("the teachers of `teachers` and the /8 KD students of `arms` (60 epochs), except: `epochs100_sswa`,")
-    print("`target` and `target_beta` (the 100-epoch KD of `epochs100_kd`), `width_sswa` (the /4 KD of")
+    print("`target`, `target_beta` and `arms100` (the 100-epoch KD of `epochs100_kd`), `width_sswa` (the /4 KD of")
     print("`width_kd`), `head_sswa` and `head_target` (teachers of `head_teachers`, KD of `head_kd`), `head100_sswa`")
     print("(same teachers, KD of `head100_kd`), `crop_sswa_*` (KD of `crop_kd` with that crop), `epochs150_sswa`")
     print("(KD of `epochs150_kd`), `online_sswa` (KD of `online_kd`), `teacherlen_*` (teachers of `teacher_len`,")
