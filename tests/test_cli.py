@@ -71,7 +71,7 @@ def test_evaluate_command_missing_checkpoint(tmp_path):
 
 def test_quickstart_tiny_run_writes_table_panels_and_checkpoints(tmp_path):
     assert main(["quickstart", "--out", str(tmp_path), "--num-train", "16", "--num-test", "8", "--teacher-epochs",
-                 "1", "--student-epochs", "1", "--views", "1", "--panels", "2", "--no-progress"]) == 0
+                 "1", "--student-epochs", "1", "--views", "1", "--panels", "2", "--curves", "--no-progress"]) == 0
     rows = json.loads((tmp_path / "table.json").read_text())
     assert [r["model"] for r in rows] == ["teacher", "KD", "SSWA", "center (baseline)", "random order"]
     for name in ("table.csv", "table.json", "table.md", "panels.png", "teacher.ckpt", "student_kd.ckpt",
@@ -82,6 +82,7 @@ def test_quickstart_tiny_run_writes_table_panels_and_checkpoints(tmp_path):
     assert len({r["pairs (all)"] for r in models}) == 1  # every model (and the baseline) scored on the same pairs
     assert all(r["pairs"] <= r["pairs (all)"] for r in models[:3])  # the paper's are those predicted positive
     assert all(0 <= r["deletion (all)"] <= 1 and 0 <= r["insertion (all)"] <= 1 for r in models[:3] + rows[4:])
+    assert "deletion: lower is more faithful" in (tmp_path / "table.md").read_text()
 
 
 def test_offline_wandb_run_folder_holds_scalars_images_and_table(tmp_path, monkeypatch):

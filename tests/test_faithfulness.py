@@ -104,3 +104,71 @@ def test_evaluate_faithfulness_switch(monkeypatch):
     assert "deletion" in format_table(result, plain=True) and "random order" in format_table(result, plain=True)
     off = evaluate(RegionLogit(), [batch], "channel", "all", progress=False)
     assert math.isnan(off["methods"]["channel"]["deletion"]) and "faithfulness" not in off
+
+
+class Counting(nn.Module):
+    """A small conv classifier that counts the images it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(16, 3))
+        self.seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+def _naive_curve(model, image, cls, rank, steps, mode, baseline=0.0):
+    """One forward per stage, the image built pixel by pixel: the definition, without shortcuts."""
+    h, w = image.shape[-2:]
+    scores = []
+    for s in range(steps + 1):
+        k = round(s * h * w / steps)
+        x = image.clone() if mode == "deletion" else torch.full_like(image, baseline)
+        for pixel in range(h * w):
+            if rank[pixel] < k:
+                x[:, pixel // w, pixel % w] = baseline if mode == "deletion" else image[:, pixel // w, pixel % w]
+        with torch.no_grad():
+            scores.append(torch.sigmoid(model(x[None])[0, cls]))
+    return torch.stack(scores)
+
+
+def test_curves_equal_the_definition_with_shared_end_stages():
+    model = Counting().eval()
+    images = torch.randn(3, 3, 5, 5)
+    classes = torch.tensor([2, 0, 1])
+    rank = pixel_order(torch.rand(3, 5, 5))
+    steps = 6
+    for mode in ("deletion", "insertion"):
+        model.seen = 0
+        scores = perturbation_scores(model, images, classes, rank, steps=steps, mode=mode, baseline=-0.5, chunk=4)
+        assert model.seen == 3 * (steps - 1) + 3 + 1  # inner stages per row, the whole images, one blank image
+        for i in range(3):
+            expected = _naive_curve(model, images[i], int(classes[i]), rank[i], steps, mode, baseline=-0.5)
+            torch.testing.assert_close(scores[i], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_random_order_is_drawn_per_image_and_shared_by_its_pairs():
+    model = Counting().eval()
+    images = torch.randn(2, 3, 4, 4)
+    image_index, classes = torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])  # image 0 has two pairs
+    steps = 4
+    model.seen = 0
+    aucs = faithfulness_aucs(model, images, classes, torch.zeros(3, 4, 4), steps=steps, image_index=image_index,
+                             generator=torch.Generator().manual_seed(7))
+    assert model.seen == 2 * (2 * (steps - 1) + 1) + 1  # two images, not three pairs
+    rank = pixel_order(images[:, 0], torch.Generator().manual_seed(7))  # one draw per image
+    for pair in range(3):
+        i, c = int(image_index[pair]), int(classes[pair])
+        for mode in ("deletion", "insertion"):
+            expected = curve_auc(_naive_curve(model, images[i], c, rank[i], steps, mode)[None])[0]
+            assert float(aucs[mode][pair]) == pytest.approx(float(expected), abs=1e-6)
+    # the map's order stays per pair: both pairs of image 0 follow their own maps
+    maps = torch.rand(3, 4, 4)
+    by_index = faithfulness_aucs(model, images, classes, maps, steps=steps, image_index=image_index)
+    per_pair = faithfulness_aucs(model, images[image_index], classes, maps, steps=steps)
+    for mode in ("deletion", "insertion"):
+        torch.testing.assert_close(by_index[mode], per_pair[mode])

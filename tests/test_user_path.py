@@ -162,7 +162,10 @@ def test_console_script_exit_statuses_and_one_line_errors(tmp_path):
     quick = _run(["quickstart", "--out", "q", "--num-train", "16", "--num-test", "8", "--teacher-epochs", "1",
                   "--student-epochs", "1", "--views", "1", "--panels", "2", "--no-progress"], tmp_path)
     assert quick.returncode == 0, quick.stderr[-3000:]
-    assert (tmp_path / "q/table.md").is_file()
+    table = (tmp_path / "q/table.md").read_text()  # without --curves: no curve columns, no random-order row
+    assert "| teacher |" in table and "deletion" not in table and "random order" not in table
+    assert [r["model"] for r in json.loads((tmp_path / "q/table.json").read_text())] == [
+        "teacher", "KD", "SSWA", "center (baseline)"]
 
 
 def _tiny_ckpt(tmp_path: Path) -> Path:

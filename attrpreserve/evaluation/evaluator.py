@@ -73,13 +73,14 @@ class _Faithfulness(nn.Module):
         self.steps, self.seed = steps, seed
         self.random = faithfulness_metrics()
 
-    def aucs(self, model: nn.Module, images: Tensor, classes: Tensor, maps: Tensor,
+    def aucs(self, model: nn.Module, images: Tensor, image_index: Tensor, classes: Tensor, maps: Tensor,
              generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        return faithfulness_aucs(model, images, classes, maps, self.steps, generator=generator)
+        return faithfulness_aucs(model, images, classes, maps, self.steps, generator=generator, image_index=image_index)
 
-    def update_random(self, model: nn.Module, images: Tensor, classes: Tensor, batch_index: int) -> None:
+    def update_random(self, model: nn.Module, images: Tensor, image_index: Tensor, classes: Tensor,
+                      batch_index: int) -> None:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + batch_index)
-        for mode, values in self.aucs(model, images, classes, images[:, 0], generator).items():
+        for mode, values in self.aucs(model, images, image_index, classes, images[image_index, 0], generator).items():
             self.random[mode].update(values)
 
 
@@ -235,9 +236,9 @@ class AttributionEvaluator(nn.Module):
                 # maps come min-max normalised from `attribute`, targets are ours: no re-validation
                 row.update(maps, targets, classes, teacher_maps)
                 if self.faithfulness is not None:
-                    row.update_faithfulness(self.faithfulness.aucs(model, images[image_index], classes, maps))
+                    row.update_faithfulness(self.faithfulness.aucs(model, images, image_index, classes, maps))
             if self.faithfulness is not None:
-                self.faithfulness.update_random(model, images[image_index], classes, index)
+                self.faithfulness.update_random(model, images, image_index, classes, index)
 
     def _predict(self, model: nn.Module, images: Tensor,
                  scorable: Tensor) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:

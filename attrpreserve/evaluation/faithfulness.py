@@ -38,6 +38,43 @@ def pixel_order(maps: Tensor, generator: torch.Generator | None = None) -> Tenso
     return rank
 
 
+def _check(mode: str, steps: int, chunk: int) -> None:
+    if mode not in MODES:
+        raise ValueError(f"Expected argument `mode` to be one of {MODES}, but got {mode!r}.")
+    for name, value in (("steps", steps), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
+
+
+def _stage_logits(model: nn.Module, images: Tensor, rank: Tensor, steps: int, modes: Sequence[str],
+                  baseline: float, chunk: int) -> dict[str, Tensor]:
+    """``{mode: [N, steps + 1, K]}`` logits of every stage. The end stages are the whole image and
+    the blank one in either mode, so they are computed once (one forward of the blank image for
+    all rows) and only the ``steps - 1`` inner stages of each mode per row."""
+    n, c, h, w = images.shape
+    counts = torch.round(torch.arange(steps + 1, device=images.device) * (h * w) / steps).long()[1:-1]
+    blank = torch.full_like(images[:1], baseline)
+    inner = []
+    for mode in modes:
+        changed = rank[:, None, :] < counts[None, :, None]  # [N, S-1, HW]
+        inner.append((~changed if mode == "deletion" else changed).reshape(n * (steps - 1), 1, h, w))
+    keep = torch.cat(inner)
+    index = torch.arange(n, device=images.device).repeat(len(modes)).repeat_interleave(steps - 1)
+    logits = []
+    with torch.no_grad():
+        for start in range(0, n, chunk):  # the whole images
+            logits.append(model(images[start:start + chunk]))
+        for start in range(0, index.numel(), chunk):
+            rows = slice(start, start + chunk)
+            logits.append(model(torch.where(keep[rows], images[index[rows]], blank)))
+        empty = model(blank)[0]
+    flat = torch.cat(logits)
+    whole, staged = flat[:n], flat[n:].reshape(len(modes), n, steps - 1, -1)
+    ends = {"deletion": (whole, empty.expand_as(whole)), "insertion": (empty.expand_as(whole), whole)}
+    return {mode: torch.cat([ends[mode][0][:, None], staged[i], ends[mode][1][:, None]], dim=1)
+            for i, mode in enumerate(modes)}
+
+
 def perturbation_scores(model: nn.Module, images: Tensor, classes: Tensor, rank: Tensor, steps: int = 20,
                         mode: str = "deletion", baseline: float = 0.0, chunk: int = 64) -> Tensor:
     """The model's sigmoid score of ``classes`` at each stage, ``[N, steps + 1]``.
@@ -55,25 +92,9 @@ def perturbation_scores(model: nn.Module, images: Tensor, classes: Tensor, rank:
     Raises:
         ValueError: bad ``steps``, ``mode`` or ``chunk``.
     """
-    if mode not in MODES:
-        raise ValueError(f"Expected argument `mode` to be one of {MODES}, but got {mode!r}.")
-    for name, value in (("steps", steps), ("chunk", chunk)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
-    n, c, h, w = images.shape
-    counts = torch.round(torch.arange(steps + 1, device=images.device) * (h * w) / steps).long()
-    changed = rank[:, None, :] < counts[None, :, None]  # [N, S+1, HW]
-    keep = ~changed if mode == "deletion" else changed
-    scores = []
-    flat_keep = keep.reshape(n * (steps + 1), 1, h, w)
-    index = torch.arange(n, device=images.device).repeat_interleave(steps + 1)
-    with torch.no_grad():
-        for start in range(0, index.numel(), chunk):
-            rows = slice(start, start + chunk)
-            x = torch.where(flat_keep[rows], images[index[rows]], torch.full_like(images[:1], baseline))
-            logits = model(x)
-            scores.append(logits.gather(1, classes[index[rows]][:, None])[:, 0].sigmoid())
-    return torch.cat(scores).reshape(n, steps + 1)
+    _check(mode, steps, chunk)
+    logits = _stage_logits(model, images, rank, steps, (mode,), baseline, chunk)[mode]
+    return logits.gather(2, classes[:, None, None].expand(-1, steps + 1, 1))[..., 0].sigmoid()
 
 
 def curve_auc(scores: Tensor) -> Tensor:
@@ -88,13 +109,17 @@ def curve_auc(scores: Tensor) -> Tensor:
 
 def faithfulness_aucs(model: nn.Module, images: Tensor, classes: Tensor, maps: Tensor, steps: int = 20,
                       baseline: float = 0.0, generator: torch.Generator | None = None,
-                      chunk: int = 64) -> dict[str, Tensor]:
+                      chunk: int = 64, image_index: Tensor | None = None) -> dict[str, Tensor]:
     """Deletion and insertion AUC of each pair, ``{"deletion": [N], "insertion": [N]}``, in the
     map's pixel order (or a random order with ``generator``).
 
     Args:
-        model: classifier in eval mode; images: ``[N, C, H, W]`` (one per pair); classes: ``[N]``;
-        maps: ``[N, H, W]``; steps, baseline, chunk: see :func:`perturbation_scores`.
+        model: classifier in eval mode; images: ``[N, C, H, W]`` (one per pair), or ``[B, C, H, W]``
+            with ``image_index``; classes: ``[N]``; maps: ``[N, H, W]``; steps, baseline, chunk:
+            see :func:`perturbation_scores`.
+        image_index: long ``[N]``, the image of each pair in ``images``. A random order is then
+            drawn per image (``[B, H*W]`` draws from ``generator``) and its curves are shared by
+            the image's pairs: one forward per stage scores all of them.
 
     Example:
         >>> class RegionMean(nn.Module):  # logit = 4 x the mean of the top-left 2x2 block
@@ -108,9 +133,19 @@ def faithfulness_aucs(model: nn.Module, images: Tensor, classes: Tensor, maps: T
         >>> torch.allclose(aucs["insertion"], 0.125 * (s0 + s4) + 0.75 * s4)
         True
     """
-    rank = pixel_order(maps, generator)
-    return {mode: curve_auc(perturbation_scores(model, images, classes, rank, steps, mode, baseline, chunk))
-            for mode in MODES}
+    _check(MODES[0], steps, chunk)
+    if image_index is None:
+        image_index = torch.arange(images.shape[0], device=images.device)
+    if generator is None:  # the map's order: one row per pair
+        rows, images = torch.arange(classes.numel(), device=images.device), images[image_index]
+        rank = pixel_order(maps)
+    else:  # a random order per image, over the images that have a pair
+        used, rows = torch.unique(image_index, return_inverse=True)
+        rank = pixel_order(images[:, 0], generator)[used]
+        images = images[used]
+    logits = _stage_logits(model, images, rank, steps, MODES, baseline, chunk)
+    return {mode: curve_auc(logits[mode][rows, :, :].gather(2, classes[:, None, None].expand(-1, steps + 1, 1))[..., 0]
+                            .sigmoid()) for mode in MODES}
 
 
 __all__ = ["MODES", "curve_auc", "faithfulness_aucs", "perturbation_scores", "pixel_order"]
