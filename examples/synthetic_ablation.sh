@@ -19,7 +19,8 @@ C=examples/synthetic_ablation  # the baseline configs as the study ran them (con
 COMMON=(--seeds "$SEEDS" --set 'data.seed={seed}' --protocols all,paper --workers "$WORKERS" --threads 1)
 TAUGHT=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --teacher-weights "$OUT/teachers/teacher/seed={seed}/final.ckpt"
         --reference "teacher=$OUT/teachers/teacher")
-STUDENT=("${TAUGHT[@]}" --reference "KD=$OUT/arms/distill_div8_kd")
+STUDENT=("${TAUGHT[@]}")  # against the 60-epoch KD students of step arms, once they exist
+[ -d "$OUT/arms/distill_div8_kd" ] && STUDENT+=(--reference "KD=$OUT/arms/distill_div8_kd")
 
 STEPS="$*"
 step() { [ -z "$STEPS" ] || [[ " $STEPS " == *" $1 "* ]]; }
