@@ -45,7 +45,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-train", type=int, default=1000, help="training images")
     p.add_argument("--num-test", type=int, default=300, help="localisation images")
-    p.add_argument("--teacher-epochs", type=int, default=25)
+    p.add_argument("--teacher-epochs", type=int, default=50,
+                   help="teacher epochs (default 50: at 25 the teacher is underfit, docs/study.md)")
     p.add_argument("--student-epochs", type=int, default=100)
     p.add_argument("--student-divisor", type=int, default=8, choices=(2, 4, 8))
     p.add_argument("--student-lr", type=float, default=3e-3)
