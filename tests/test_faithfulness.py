@@ -172,3 +172,5 @@ def test_random_order_is_drawn_per_image_and_shared_by_its_pairs():
     per_pair = faithfulness_aucs(model, images[image_index], classes, maps, steps=steps)
     for mode in ("deletion", "insertion"):
         torch.testing.assert_close(by_index[mode], per_pair[mode])
+    none = faithfulness_aucs(model, images, classes[:0], maps[:0], steps=steps, image_index=image_index[:0])
+    assert none["deletion"].shape == (0,) and none["insertion"].shape == (0,)  # no pairs: no curves, no error

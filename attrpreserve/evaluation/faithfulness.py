@@ -28,7 +28,7 @@ def pixel_order(maps: Tensor, generator: torch.Generator | None = None) -> Tenso
         >>> pixel_order(torch.tensor([[[0.1, 0.9], [0.5, 0.9]]]))
         tensor([[3, 0, 2, 1]])
     """
-    n, size = maps.shape[0], maps[0].numel()
+    n, size = maps.shape[0], maps.shape[1:].numel()
     if generator is None:
         order = torch.sort(maps.reshape(n, size), dim=1, descending=True, stable=True).indices
     else:
@@ -53,23 +53,23 @@ def _stage_logits(model: nn.Module, images: Tensor, rank: Tensor, steps: int, mo
     all rows) and only the ``steps - 1`` inner stages of each mode per row."""
     n, c, h, w = images.shape
     counts = torch.round(torch.arange(steps + 1, device=images.device) * (h * w) / steps).long()[1:-1]
-    blank = torch.full_like(images[:1], baseline)
+    blank = images.new_full((1, c, h, w), baseline)
     inner = []
     for mode in modes:
         changed = rank[:, None, :] < counts[None, :, None]  # [N, S-1, HW]
         inner.append((~changed if mode == "deletion" else changed).reshape(n * (steps - 1), 1, h, w))
     keep = torch.cat(inner)
     index = torch.arange(n, device=images.device).repeat(len(modes)).repeat_interleave(steps - 1)
-    logits = []
     with torch.no_grad():
+        empty = model(blank)[0]
+        logits = [empty.new_empty(0, empty.numel())]  # no rows: empty curves
         for start in range(0, n, chunk):  # the whole images
             logits.append(model(images[start:start + chunk]))
         for start in range(0, index.numel(), chunk):
             rows = slice(start, start + chunk)
             logits.append(model(torch.where(keep[rows], images[index[rows]], blank)))
-        empty = model(blank)[0]
     flat = torch.cat(logits)
-    whole, staged = flat[:n], flat[n:].reshape(len(modes), n, steps - 1, -1)
+    whole, staged = flat[:n], flat[n:].reshape(len(modes), n, steps - 1, empty.numel())
     ends = {"deletion": (whole, empty.expand_as(whole)), "insertion": (empty.expand_as(whole), whole)}
     return {mode: torch.cat([ends[mode][0][:, None], staged[i], ends[mode][1][:, None]], dim=1)
             for i, mode in enumerate(modes)}
