@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cache", action="store_true", help="run the teacher online in every student step")
     p.add_argument("--curves", action="store_true",
                    help="also deletion/insertion curves on every ground-truth pair, with the random-order reference "
-                        "(about 3 more minutes on 2 cores)")
+                        "(about two more minutes on 2 cores)")
     p.add_argument("--panels", type=int, default=6, help="validation images in the PNG panels")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -93,16 +93,20 @@ if step headtarget; then  # the head and the matched classes together: head_pool
     --set model.teacher.head_pool=2 --set model.student.head_pool=2 --teacher-weights "$HT/seed={seed}/final.ckpt" \
     --reference "teacher=$HT" --reference "KD=$OUT/head_kd/distill_div8_kd" --out "$OUT/head_target"
 fi
-if step head100; then  # head_pool 2 with every ground-truth class matched, at the defaults' length (100 epochs, step at 75)
-  HT="$OUT/head_teachers/teacher/head_pool=2"
-  H100=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=100 --set 'model.milestones=[75]'
+for E in 100 150; do  # head_pool 2 with every ground-truth class matched, at 100 epochs (the defaults' length, step at 75)
+  # and 150 (step at 112)
+  if step head$E; then
+    HT="$OUT/head_teachers/teacher/head_pool=2"
+    attrpreserve sweep --config $C/teacher.yaml --grid model.model.head_pool=2 "${COMMON[@]}" --out "$OUT/head_teachers"
+    HE=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=$E --set "model.milestones=[$((E * 3 / 4))]"
         --set model.teacher.head_pool=2 --set model.student.head_pool=2 --teacher-weights "$HT/seed={seed}/final.ckpt"
         --reference "teacher=$HT")
-  attrpreserve sweep --config $C/distill_div8_kd.yaml "${H100[@]}" --out "$OUT/head100_kd"
-  attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
-    --set callbacks.AttributionMatching.target=per_label "${H100[@]}" --reference "KD=$OUT/head100_kd/distill_div8_kd" \
-    --out "$OUT/head100_sswa"
-fi
+    attrpreserve sweep --config $C/distill_div8_kd.yaml "${HE[@]}" --out "$OUT/head${E}_kd"
+    attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
+      --set callbacks.AttributionMatching.target=per_label "${HE[@]}" --reference "KD=$OUT/head${E}_kd/distill_div8_kd" \
+      --out "$OUT/head${E}_sswa"
+  fi
+done
 if step targetbeta; then  # every ground-truth class matched, beta 300 (100 epochs, conv5_3)
   KD100=()
   [ -d "$OUT/epochs100_kd/distill_div8_kd" ] && KD100=(--reference "KD=$OUT/epochs100_kd/distill_div8_kd")
@@ -158,17 +162,6 @@ for E in 100 150; do  # the 50-epoch teachers with the defaults' students (every
       --reference "KD=$OUT/teacherlen${E}_kd/distill_div8_kd" --out "$OUT/teacherlen${E}_sswa"
   fi
 done
-if step head150; then  # the head100 recipe (head_pool 2, every class, conv5_3) at 150 student epochs (step at 112)
-  HT="$OUT/head_teachers/teacher/head_pool=2"
-  attrpreserve sweep --config $C/teacher.yaml --grid model.model.head_pool=2 "${COMMON[@]}" --out "$OUT/head_teachers"
-  H150=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=150 --set 'model.milestones=[112]'
-        --set model.teacher.head_pool=2 --set model.student.head_pool=2 --teacher-weights "$HT/seed={seed}/final.ckpt"
-        --reference "teacher=$HT")
-  attrpreserve sweep --config $C/distill_div8_kd.yaml "${H150[@]}" --out "$OUT/head150_kd"
-  attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
-    --set callbacks.AttributionMatching.target=per_label "${H150[@]}" --reference "KD=$OUT/head150_kd/distill_div8_kd" \
-    --out "$OUT/head150_sswa"
-fi
 if step beta; then  # the matching weight
   attrpreserve sweep --config $C/distill_div8_sswa.yaml --grid callbacks.weight=10,1000 "${STUDENT[@]}" --out "$OUT/beta"
 fi

@@ -38,9 +38,7 @@ def pixel_order(maps: Tensor, generator: torch.Generator | None = None) -> Tenso
     return rank
 
 
-def _check(mode: str, steps: int, chunk: int) -> None:
-    if mode not in MODES:
-        raise ValueError(f"Expected argument `mode` to be one of {MODES}, but got {mode!r}.")
+def _check_counts(steps: int, chunk: int) -> None:
     for name, value in (("steps", steps), ("chunk", chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"Expected argument `{name}` to be a positive int, but got {value!r}.")
@@ -54,11 +52,8 @@ def _stage_logits(model: nn.Module, images: Tensor, rank: Tensor, steps: int, mo
     n, c, h, w = images.shape
     counts = torch.round(torch.arange(steps + 1, device=images.device) * (h * w) / steps).long()[1:-1]
     blank = images.new_full((1, c, h, w), baseline)
-    inner = []
-    for mode in modes:
-        changed = rank[:, None, :] < counts[None, :, None]  # [N, S-1, HW]
-        inner.append((~changed if mode == "deletion" else changed).reshape(n * (steps - 1), 1, h, w))
-    keep = torch.cat(inner)
+    changed = (rank[:, None, :] < counts[None, :, None]).reshape(n * (steps - 1), 1, h, w)  # [N * (S-1)] stages
+    keep = torch.cat([~changed if mode == "deletion" else changed for mode in modes])
     index = torch.arange(n, device=images.device).repeat(len(modes)).repeat_interleave(steps - 1)
     with torch.no_grad():
         empty = model(blank)[0]
@@ -92,9 +87,15 @@ def perturbation_scores(model: nn.Module, images: Tensor, classes: Tensor, rank:
     Raises:
         ValueError: bad ``steps``, ``mode`` or ``chunk``.
     """
-    _check(mode, steps, chunk)
-    logits = _stage_logits(model, images, rank, steps, (mode,), baseline, chunk)[mode]
-    return logits.gather(2, classes[:, None, None].expand(-1, steps + 1, 1))[..., 0].sigmoid()
+    if mode not in MODES:
+        raise ValueError(f"Expected argument `mode` to be one of {MODES}, but got {mode!r}.")
+    _check_counts(steps, chunk)
+    return _class_scores(_stage_logits(model, images, rank, steps, (mode,), baseline, chunk)[mode], classes)
+
+
+def _class_scores(logits: Tensor, classes: Tensor) -> Tensor:
+    """``[N, S+1]`` sigmoid scores of each row's class from ``[N, S+1, K]`` stage logits."""
+    return logits.gather(2, classes[:, None, None].expand(-1, logits.shape[1], 1))[..., 0].sigmoid()
 
 
 def curve_auc(scores: Tensor) -> Tensor:
@@ -133,7 +134,7 @@ def faithfulness_aucs(model: nn.Module, images: Tensor, classes: Tensor, maps: T
         >>> torch.allclose(aucs["insertion"], 0.125 * (s0 + s4) + 0.75 * s4)
         True
     """
-    _check(MODES[0], steps, chunk)
+    _check_counts(steps, chunk)
     if image_index is None:
         image_index = torch.arange(images.shape[0], device=images.device)
     if generator is None:  # the map's order: one row per pair
@@ -144,8 +145,7 @@ def faithfulness_aucs(model: nn.Module, images: Tensor, classes: Tensor, maps: T
         rank = pixel_order(images[:, 0], generator)[used]
         images = images[used]
     logits = _stage_logits(model, images, rank, steps, MODES, baseline, chunk)
-    return {mode: curve_auc(logits[mode][rows, :, :].gather(2, classes[:, None, None].expand(-1, steps + 1, 1))[..., 0]
-                            .sigmoid()) for mode in MODES}
+    return {mode: curve_auc(_class_scores(logits[mode][rows], classes)) for mode in MODES}
 
 
 __all__ = ["MODES", "curve_auc", "faithfulness_aucs", "perturbation_scores", "pixel_order"]
