@@ -125,3 +125,22 @@ def test_bad_model_arguments(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         VGG(**kwargs)
+
+
+@pytest.mark.parametrize("multiplier, divisor, expected", [(1, 8, [4, 8, 16, 16]), (2, 8, [8, 16, 32, 32]),
+                                                           (2, 1, [64, 128, 256, 256])])
+def test_width_multiplier_scales_every_conv_before_the_divisor(multiplier, divisor, expected):
+    net = vgg_small(num_classes=3, width_divisor=divisor, width_multiplier=multiplier, head_pool=1)
+    convs = [m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == expected
+    assert net.classifier[-1].in_features == expected[-1]
+    assert net.config["width_multiplier"] == multiplier
+    # the config rebuilds the same network (what a checkpoint's hyperparameters do)
+    rebuilt = type(net)(**net.config)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in net.parameters()]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_width_multiplier_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="width_multiplier"):
+        vgg_small(width_multiplier=bad)

@@ -56,6 +56,9 @@ class VGG(nn.Module):
         head_pool: side of the average pool before the head (default: 7 for vgg16 as the paper,
             8 for vgg_small); 1 is global average pooling, a translation-invariant head that
             small networks trained from scratch learn with far less data.
+        width_multiplier: every channel count multiplied by this before the divisor (an int >= 1).
+            2 widens ``vgg_small`` to 64-128-256-256, so that its /8 student keeps 32 channels at
+            ``conv5_3`` (VGG16/8 keeps 64; docs/study.md).
 
     Attributes:
         feature_info: one entry per named attribution layer: ``name`` (``conv1_1`` ... ``pool5``),
@@ -67,7 +70,8 @@ class VGG(nn.Module):
         config: the constructor arguments (minus ``weights``), enough to rebuild the model.
 
     Raises:
-        ValueError: unknown ``arch``, ``width_divisor`` not in (1, 2, 4, 8), ``num_classes`` < 1.
+        ValueError: unknown ``arch``, ``width_divisor`` not in (1, 2, 4, 8), ``num_classes`` < 1,
+            ``width_multiplier`` not an int >= 1.
         FileNotFoundError: ``weights`` is neither a file nor a torchvision weight name.
 
     Example:
@@ -89,6 +93,7 @@ class VGG(nn.Module):
         dropout: float = 0.5,
         weights: str | None = None,
         head_pool: int | None = None,
+        width_multiplier: int = 1,
     ) -> None:
         super().__init__()
         if arch not in CONFIGS:
@@ -101,6 +106,8 @@ class VGG(nn.Module):
             raise ValueError(f"Expected argument `num_classes` to be a positive int, but got {num_classes!r}.")
         if head_pool is not None and (isinstance(head_pool, bool) or not isinstance(head_pool, int) or head_pool < 1):
             raise ValueError(f"Expected argument `head_pool` to be None or an int >= 1, but got {head_pool!r}.")
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int) or width_multiplier < 1:
+            raise ValueError(f"Expected argument `width_multiplier` to be an int >= 1, but got {width_multiplier!r}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"Expected argument `dropout` to be in [0, 1), but got {dropout!r}.")
         self.arch = arch
@@ -112,8 +119,9 @@ class VGG(nn.Module):
             "batch_norm": batch_norm,
             "dropout": dropout,
             "head_pool": head_pool,
+            "width_multiplier": width_multiplier,
         }
-        self.features, self.feature_info = _make_features(CONFIGS[arch], width_divisor, batch_norm)
+        self.features, self.feature_info = _make_features(CONFIGS[arch], width_multiplier, width_divisor, batch_norm)
         channels = self.feature_info[-1]["num_chs"]
         pool = POOL_SIZE[arch] if head_pool is None else head_pool
         self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
@@ -180,7 +188,7 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
 
 
-def _make_features(plan: list[int | str], divisor: int, batch_norm: bool) -> tuple[nn.Sequential, list[dict]]:
+def _make_features(plan: list[int | str], multiplier: int, divisor: int, batch_norm: bool) -> tuple[nn.Sequential, list[dict]]:
     layers: list[nn.Module] = []
     info: list[dict] = []
     in_ch, block, conv_in_block, reduction = 3, 1, 0, 1
@@ -192,7 +200,7 @@ def _make_features(plan: list[int | str], divisor: int, batch_norm: bool) -> tup
                          "num_chs": in_ch, "reduction": reduction})
             block, conv_in_block = block + 1, 0
             continue
-        out_ch = int(item) // divisor
+        out_ch = int(item) * multiplier // divisor
         layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out_ch))
