@@ -62,6 +62,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--head-pool", type=int, default=1,
                    help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
                         "8 flatten + linear over the 8x8 pool output (VGG16's kind of head)")
+    p.add_argument("--width-multiplier", type=int, default=1,
+                   help="widen teacher and student: 2 gives vgg_small 64-128-256-256 and its /8 student 32 channels "
+                        "at conv5_3 (docs/study.md); about three times the teacher's time")
     p.add_argument("--no-cache", action="store_true", help="run the teacher online in every student step")
     p.add_argument("--curves", action="store_true",
                    help="also deletion/insertion curves on every ground-truth pair, with the random-order reference "
@@ -70,7 +73,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    for name in ("num_train", "num_test", "teacher_epochs", "student_epochs", "views", "panels", "head_pool"):
+    for name in ("num_train", "num_test", "teacher_epochs", "student_epochs", "views", "panels", "head_pool",
+                 "width_multiplier"):
         if getattr(args, name) < 1:
             raise ValueError(f"Expected argument `--{name.replace('_', '-')}` to be >= 1, but got {getattr(args, name)}.")
     if args.beta < 0 or args.student_lr <= 0:
@@ -153,9 +157,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     dm.setup()
     # Default: a global-average-pool head, learnt from scratch in a few CPU minutes (see VGG.head_pool);
     # --head-pool 8 keeps the 8x8 pool output: flatten + linear, VGG16's own kind of head.
-    teacher = TeacherModule(vgg_small(num_classes=4, head_pool=args.head_pool), optimizer="adamw", lr=1e-3,
+    teacher = TeacherModule(vgg_small(num_classes=4, head_pool=args.head_pool, width_multiplier=args.width_multiplier),
+                            optimizer="adamw", lr=1e-3,
                             milestones=(max(1, int(args.teacher_epochs * 0.75)),))
-    print(f"[1/4] teacher: vgg_small, {args.teacher_epochs} epochs on {args.num_train} synthetic images")
+    wide = f" x{args.width_multiplier} width" if args.width_multiplier > 1 else ""
+    print(f"[1/4] teacher: vgg_small{wide}, {args.teacher_epochs} epochs on {args.num_train} synthetic images")
     trainer = _trainer(args, out, "teacher", args.teacher_epochs, [])
     trainer.fit(teacher, dm)
     trainer.save_checkpoint(out / "teacher.ckpt")
@@ -172,7 +178,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                                    batch_size=32, seed=args.seed, cache_teacher=not args.no_cache, cache_views=args.views,
                                    cache_dir=str(cache_dir), cache_seed=args.seed)
         module = DistillationModule(teacher.model, vgg_small(num_classes=4, width_divisor=args.student_divisor,
-                                                             head_pool=args.head_pool),
+                                                             head_pool=args.head_pool,
+                                                             width_multiplier=args.width_multiplier),
                                     optimizer="adamw", lr=args.student_lr,
                                     milestones=(max(1, int(args.student_epochs * 0.75)),))
         trainer = _trainer(args, out, name.lower(), args.student_epochs, callbacks)

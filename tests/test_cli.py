@@ -71,8 +71,13 @@ def test_evaluate_command_missing_checkpoint(tmp_path):
 
 def test_quickstart_tiny_run_writes_table_panels_and_checkpoints(tmp_path):
     assert main(["quickstart", "--out", str(tmp_path), "--num-train", "16", "--num-test", "8", "--teacher-epochs",
-                 "1", "--student-epochs", "1", "--views", "1", "--panels", "2", "--curves", "--no-progress"]) == 0
+                 "1", "--student-epochs", "1", "--views", "1", "--panels", "2", "--curves", "--no-progress",
+                 "--width-multiplier", "2"]) == 0
     rows = json.loads((tmp_path / "table.json").read_text())
+    # --width-multiplier 2: conv5_3 has 256 channels in the teacher, 32 in the /8 student
+    state = torch.load(tmp_path / "student_sswa.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    last = {k.split(".", 1)[0]: v.shape[0] for k, v in state.items() if k.endswith("features.11.weight")}
+    assert last == {"teacher": 256, "student": 32}
     assert [r["model"] for r in rows] == ["teacher", "KD", "SSWA", "center (baseline)", "random order"]
     for name in ("table.csv", "table.json", "table.md", "panels.png", "teacher.ckpt", "student_kd.ckpt",
                  "student_sswa.ckpt"):
