@@ -63,8 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="side of the pool before both networks' linear head: 1 (default) global average pooling, "
                         "8 flatten + linear over the 8x8 pool output (VGG16's kind of head)")
     p.add_argument("--width-multiplier", type=int, default=2,
-                   help="width of teacher and student: 2 (default) makes vgg_small 64-128-256-256 and its /8 student "
-                        "8-16-32-32, 32 channels at conv5_3 (docs/study.md); 1 the narrow networks, about half the time")
+                   help="width of teacher and student: 2 (default) makes vgg_small 64-128-256-256 and its /8 "
+                        "student 8-16-32-32, 32 channels at conv5_3 (docs/study.md); 1 the narrow networks, about "
+                        "half the time")
     p.add_argument("--no-cache", action="store_true", help="run the teacher online in every student step")
     p.add_argument("--curves", action="store_true",
                    help="also deletion/insertion curves on every ground-truth pair, with the random-order reference "

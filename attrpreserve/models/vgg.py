@@ -188,7 +188,9 @@ class VGG(nn.Module):
                 nn.init.zeros_(m.bias)
 
 
-def _make_features(plan: list[int | str], multiplier: int, divisor: int, batch_norm: bool) -> tuple[nn.Sequential, list[dict]]:
+def _make_features(
+    plan: list[int | str], multiplier: int, divisor: int, batch_norm: bool
+) -> tuple[nn.Sequential, list[dict]]:
     layers: list[nn.Module] = []
     info: list[dict] = []
     in_ch, block, conv_in_block, reduction = 3, 1, 0, 1
