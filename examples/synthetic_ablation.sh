@@ -162,24 +162,21 @@ for E in 100 150; do  # the 50-epoch teachers with the defaults' students (every
       --reference "KD=$OUT/teacherlen${E}_kd/distill_div8_kd" --out "$OUT/teacherlen${E}_sswa"
   fi
 done
-if step wide; then  # the /8 student's width: vgg_small at twice the width (64-128-256-256), so its /8 keeps 32
-  # channels at conv5_3 (VGG16/8 keeps 64); teachers 50 epochs (step at 36), students as teacherlen100
-  WT="$OUT/wide_teachers/teacher/width_multiplier=2"
+# The /8 student's width: vgg_small at twice the width (64-128-256-256), so its /8 keeps 32 channels at conv5_3
+# (VGG16/8 keeps 64); teachers 50 epochs (step at 36), students as teacherlen100
+WT="$OUT/wide_teachers/teacher/width_multiplier=2"
+WS=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=100 --set 'model.milestones=[75]'
+    --set model.teacher.width_multiplier=2 --set model.student.width_multiplier=2
+    --teacher-weights "$WT/seed={seed}/final.ckpt" --reference "teacher=$WT")
+if step wide; then  # the wide teachers, their KD and SSWA students
   attrpreserve sweep --config $C/teacher.yaml --grid model.model.width_multiplier=2 --set trainer.max_epochs=50 \
     --set 'model.milestones=[36]' "${COMMON[@]}" --out "$OUT/wide_teachers"
-  WS=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=100 --set 'model.milestones=[75]'
-      --set model.teacher.width_multiplier=2 --set model.student.width_multiplier=2
-      --teacher-weights "$WT/seed={seed}/final.ckpt" --reference "teacher=$WT")
   attrpreserve sweep --config $C/distill_div8_kd.yaml "${WS[@]}" --out "$OUT/wide_kd"
   attrpreserve sweep --config $C/distill_div8_sswa.yaml --set callbacks.AttributionMatching.layer=conv5_3 \
     --set callbacks.AttributionMatching.target=per_label "${WS[@]}" --reference "KD=$OUT/wide_kd/distill_div8_kd" \
     --out "$OUT/wide_sswa"
 fi
 if step widearms; then  # SWA and EWA with the wide networks (as step wide), against its KD students
-  WT="$OUT/wide_teachers/teacher/width_multiplier=2"
-  WS=("${COMMON[@]}" --set trainer.check_val_every_n_epoch=10 --set trainer.max_epochs=100 --set 'model.milestones=[75]'
-      --set model.teacher.width_multiplier=2 --set model.student.width_multiplier=2
-      --teacher-weights "$WT/seed={seed}/final.ckpt" --reference "teacher=$WT")
   attrpreserve sweep --config $C/distill_div8_swa.yaml --config $C/distill_div8_ewa.yaml \
     --set callbacks.AttributionMatching.layer=conv5_3 --set callbacks.AttributionMatching.target=per_label "${WS[@]}" \
     --reference "KD=$OUT/wide_kd/distill_div8_kd" --out "$OUT/wide_arms"

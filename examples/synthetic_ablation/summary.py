@@ -16,8 +16,8 @@ for protocol in ("all", "paper"):
     print("(same teachers, KD of `head100_kd`), `crop_sswa_*` (KD of `crop_kd` with that crop), `epochs150_sswa`")
     print("(KD of `epochs150_kd`), `online_sswa` (KD of `online_kd`), `teacherlen*` (teachers of `teacher_len`,")
     print("KD of the `_kd` of the same length), `head150_sswa` (teachers of `head_teachers`, KD of `head150_kd`),")
-    print("`wide_sswa`, `wide_arms` (teachers of `wide_teachers`,")
-    print("KD of `wide_kd`). Every ground-truth pair under `all`.\n")
+    print("`wide_sswa` and `wide_arms` (teachers of `wide_teachers`, KD of `wide_kd`). Every ground-truth pair under")
+    print("`all`.\n")
     print("| step | run | point acc | recovered (%) | cos | mAP | mAP - KD |")
     print("|---|---|---|---|---|---|---|")
     for step in steps:
