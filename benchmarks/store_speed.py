@@ -16,7 +16,8 @@ downloaded), in one process:
   the 8-view cache (``--online``: the teacher run in every step; ``--arch vgg16``, ``--accelerator
   gpu``, ``--precision bf16-mixed`` for the GPU), one process, ``num_workers`` workers; images/s of
   the epochs after the first; ``jpeg`` and ``store`` load one item at a time, ``batched`` is the
-  store with batched loading.
+  store with batched loading, ``memory`` the same fit over the batches of the ``batched`` fit's
+  first epoch held in memory (no loader: the bound any loader leaves).
 
 Usage (CPU, 2 cores):
   python benchmarks/store_speed.py --image-size 64                       # loader, 400 JPEGs 112-500 px
@@ -129,21 +130,42 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
 
     torch.manual_seed(0)
     teacher = create_model(args.arch, num_classes=20).eval()
-    rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": [], "fit/batched": []}
+
+    class Keep(pl.Callback):  # the batches of the first epoch, as the step receives them
+        def __init__(self) -> None:
+            self.batches: list[dict] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.current_epoch == 0:
+                self.batches.append(batch)
+
+    class InMemory(pl.LightningDataModule):
+        def __init__(self, batches: list[dict]) -> None:
+            super().__init__()
+            self.batches = batches
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(self.batches, batch_size=None)
+
+    rates: dict[str, list[float]] = {"fit/jpeg": [], "fit/store": [], "fit/batched": [], "fit/memory": []}
     for _ in range(args.repeats):
+        kept = Keep()
         for name, store, batched in (("fit/jpeg", False, False), ("fit/store", True, False),
-                                     ("fit/batched", True, True)):
+                                     ("fit/batched", True, True), ("fit/memory", True, True)):
             dm = _module(root, work, store, args, cache_teacher=not args.online, cache_batched=batched)
             if args.online and not batched:  # the per-item online path (the batched one is the default)
                 dm.train_dataloader = _per_item_loader(dm)
             module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01,
                                         channels_last=args.channels_last)
             timer = EpochTimer()
+            extra = [kept] if name == "fit/batched" else []
+            if name == "fit/memory":
+                dm = InMemory(kept.batches)
             trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1,
                                  precision=args.precision, logger=False, enable_checkpointing=False,
                                  enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                                  num_sanity_val_steps=0,
-                                 callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
+                                 callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer, *extra])
             trainer.fit(module, dm)
             rates[name] += timer.rates[1:]  # the first epoch warms up
     return rates
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
               f"{len(values)} runs)")
     pairs = [(f"{path}/store", f"{path}/jpeg") for path in ("online", "cached", "fit")]
     pairs += [("online/batched", "online/store"), ("online/batched", "online/jpeg"), ("cached/batched", "cached/seeded"), ("cached/batched", "cached/jpeg"), ("fit/batched", "fit/store"),
-              ("fit/batched", "fit/jpeg")]
+              ("fit/batched", "fit/jpeg"), ("fit/memory", "fit/batched"), ("fit/memory", "fit/jpeg")]
     for top, bottom in pairs:
         if top in rates and bottom in rates:
             best = max(rates[top]) / max(rates[bottom])

@@ -14,6 +14,7 @@ from attrpreserve.data import (
     IGNORE_INDEX, VOC_CLASSES, VOC_MEAN, VOC_STD, VOCDataModule, VOCDataset, apply_view, apply_view_to_mask,
     denormalize, eval_transform, find_voc_root, normalize, sample_view, train_transform,
 )
+from attrpreserve.data.common import default_workers
 from attrpreserve.data.voc import read_image
 from tests.conftest import (
     HEIGHT, NUM_IMAGES, SEG_IDS, TRAIN_IDS, VAL_IDS, VOC_NAMES, WIDTH, voc_id, voc_mask, voc_objects,
@@ -115,10 +116,21 @@ def test_data_module_batches(voc_root):
             assert (b["mask"][k] == IGNORE_INDEX).any()
 
 
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (3, 3), (4, 4), (16, 4)])
+def test_default_workers_leave_small_machines_to_the_step(monkeypatch, cores, workers):
+    # What the process may run on counts, not the machine's cores (containers, taskset).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert default_workers() == workers
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers() == workers
+
+
 def test_data_module_hparams_and_defaults(voc_root):
     dm = VOCDataModule(voc_root, image_size=64)
     assert dm.hparams.root == voc_root and dm.hparams.image_size == 64 and dm.hparams.batch_size == 64
-    assert dm.num_workers == min(4, os.cpu_count() or 1)
+    assert dm.num_workers == default_workers()
     with pytest.raises(RuntimeError, match="setup"):
         dm.train_dataloader()
 

@@ -213,5 +213,11 @@ def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None, se
 
 
 def default_workers() -> int:
-    """``min(4, os.cpu_count())`` (1 if the count is unknown)."""
-    return min(4, os.cpu_count() or 1)
+    """Loader workers when none are asked for: ``min(4, cores)``, but none on one or two cores.
+
+    ``cores`` are the ones this process may run on (its CPU affinity, else ``os.cpu_count()``). On
+    two cores a worker process takes one from the training step: a cached /8 SSWA fit ran 1.4x
+    faster with 0 workers than with 2, and no path ran slower (``benchmarks/fit_vs_commit.py``).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cores <= 2 else min(4, cores)

@@ -716,7 +716,8 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         root: VOC2012 folder, or a parent of ``VOCdevkit/VOC2012`` or ``VOC2012``.
         image_size: square input size (paper: 227).
         batch_size: samples per batch (paper: 64).
-        num_workers: DataLoader workers; ``None`` is ``min(4, os.cpu_count())``.
+        num_workers: DataLoader workers; ``None``: ``min(4, cores)``, 0 on one or two cores
+            (:func:`~attrpreserve.data.common.default_workers`).
         train_split, val_split: files in ``ImageSets/Main/``.
         seg_split: file in ``ImageSets/Segmentation/`` (the localisation split, served by
             ``test_dataloader``).

@@ -1,0 +1,175 @@
+"""End-to-end distillation speed of this tree against the code of an earlier commit.
+
+``store_speed.py --fit`` compares the decoded-image store with the JPEG path *of this tree*, which
+shares every other improvement (whole batches of cached views, the uint8 crop before the
+normalisation, the head's skipped identity pool), so it understates what changed since an issue
+was filed. This script measures against the code as it was: it checks ``--commit`` out into a
+temporary git worktree (local, nothing fetched) and runs the same ``Trainer.fit`` with that code
+and with this tree, each fit in a fresh subprocess, the runs interleaved so that drift of the
+machine hits both alike. The fit: SSWA matching (weight 100, ``pool5``), a vgg_small teacher read
+from its 8-view cache (``--online``: run in every step), its /8 student, a generated VOC-layout
+folder (``voc_folder.py``), ``image_size`` 64, batch 32; images/s of the epochs after the first.
+
+Rows: ``base/jpeg/wN`` (the commit, N loader workers), ``now/jpeg/wN`` and ``now/store/wN`` (this
+tree without and with the store). Ratios: each ``now`` row against the base row with the same
+workers and against the base's best row.
+
+  python benchmarks/fit_vs_commit.py --commit 5661e2a            # before the decoded-image store
+  python benchmarks/fit_vs_commit.py --commit 5661e2a --online --workers 0 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def child(argv: list[str]) -> None:
+    """One fit with the package found in ``--src``; prints one JSON line with the epoch rates."""
+    parser = argparse.ArgumentParser()
+    for name in ("--src", "--root", "--work"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--store", action="store_true")
+    parser.add_argument("--online", action="store_true")
+    parser.add_argument("--workers", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.src)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import pytorch_lightning as pl
+
+    import attrpreserve
+    from attrpreserve.callbacks import AttributionMatching
+    from attrpreserve.data import VOCDataModule
+    from attrpreserve.models import create_model
+    from attrpreserve.modules import DistillationModule
+
+    if not Path(attrpreserve.__file__).resolve().is_relative_to(Path(args.src).resolve()):
+        raise RuntimeError(f"imported {attrpreserve.__file__}, not the code in {args.src}")
+
+    class EpochTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.rates: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.start, self.n = time.perf_counter(), 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.n += batch["image"].shape[0]
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.rates.append(self.n / (time.perf_counter() - self.start))
+
+    extra = {"store": True, "store_dir": f"{args.work}/store"} if args.store else {}
+    dm = VOCDataModule(args.root, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
+                       cache_teacher=not args.online, cache_views=8, cache_dir=f"{args.work}/teacher",
+                       pin_memory=False, **extra)
+    torch.manual_seed(0)
+    teacher = create_model("vgg_small", num_classes=20).eval()
+    module = DistillationModule(teacher, create_model("vgg_small", num_classes=20, width_divisor=8), lr=0.01)
+    timer = EpochTimer()
+    trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0,
+                         callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
+    trainer.fit(module, dm)
+    print("RESULT " + json.dumps({"rates": timer.rates[1:], "threads": torch.get_num_threads()}))
+
+
+def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: argparse.Namespace) -> list[float]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", "--src", str(src), "--root", str(root),
+               "--work", str(work), "--workers", str(workers), "--epochs", str(args.epochs),
+               "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+    command += ["--store"] * store + ["--online"] * args.online
+    command += ["--threads", str(args.threads)] if args.threads else []
+    done = subprocess.run(command, capture_output=True, text=True, env={**_env(), "WANDB_MODE": "offline"})
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"fit with {src} failed:\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])["rates"]
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commit", required=True, help="the earlier code (any git revision of this repository)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers to try (each row)")
+    parser.add_argument("--online", action="store_true", help="run the teacher in every step (no cache)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: torch's)")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-images", type=int, default=1600)
+    parser.add_argument("--min-side", type=int, default=112)
+    parser.add_argument("--max-side", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per fit (after one warm-up epoch)")
+    parser.add_argument("--repeats", type=int, default=2, help="fits per row, interleaved")
+    parser.add_argument("--data", default=None, help="folder for the generated VOC data (kept); default: temporary")
+    args = parser.parse_args(argv)
+    repo = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True,
+                               check=True).stdout.strip())
+    commit = subprocess.run(["git", "rev-parse", "--verify", f"{args.commit}^{{commit}}"], cwd=repo,
+                            capture_output=True, text=True)
+    if commit.returncode:
+        raise ValueError(f"Expected argument `--commit` to name a commit of {repo}, but got {args.commit!r}.")
+    sha = commit.stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="fit_vs_commit_"))
+    base = tmp / "base"
+    try:
+        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), sha], cwd=repo, check=True)
+        sys.path.insert(0, str(HERE))
+        from voc_folder import make_voc_folder
+
+        root = make_voc_folder(Path(args.data) if args.data else tmp / "data", args.num_images, args.min_side,
+                               args.max_side)
+        rows = [(f"base/jpeg/w{w}", base, False, w, tmp / "work_base") for w in args.workers]
+        rows += [(f"now/{kind}/w{w}", repo, kind == "store", w, tmp / "work_now") for w in args.workers
+                 for kind in ("jpeg", "store")]
+        rates: dict[str, list[float]] = {name: [] for name, *_ in rows}
+        for _ in range(args.repeats):
+            for name, src, store, workers, work in rows:
+                rates[name] += _fit(src, root, work, store, workers, args)
+                print(f"  {name:16s} {' '.join(f'{r:.0f}' for r in rates[name])} images/s", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=repo, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    teacher = "online teacher" if args.online else "teacher from the 8-view cache"
+    print(f"base {sha[:10]} vs this tree; SSWA fit, vgg_small -> /8, {teacher}; {args.num_images} JPEGs "
+          f"{args.min_side}-{args.max_side} px, image_size {args.image_size}, batch {args.batch_size}, threads "
+          f"{args.threads or 'default'}; images/s of {args.epochs} epochs x {args.repeats} fits after a warm-up epoch")
+    for name, values in rates.items():
+        print(f"  {name:16s} median {sorted(values)[len(values) // 2]:7.1f}  (range {min(values):.1f}-"
+              f"{max(values):.1f})")
+    best_base = max(args.workers, key=lambda w: max(rates[f"base/jpeg/w{w}"]))
+    for name in rates:
+        if name.startswith("now/"):
+            workers = name.rsplit("/w", 1)[1]
+            same = max(rates[name]) / max(rates[f"base/jpeg/w{workers}"])
+            best = max(rates[name]) / max(rates[f"base/jpeg/w{best_base}"])
+            print(f"ratio {name} / base/jpeg/w{workers} = {same:.2f}; / base's best (w{best_base}) = {best:.2f}")
+    return rates
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2:])
+    else:
+        main()
