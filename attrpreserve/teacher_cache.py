@@ -349,8 +349,10 @@ class CachedViewsDataset(Dataset):
         one fancy-index read per cache file; other datasets collate :meth:`item` s.
 
         Returns:
-            ``image`` float32 [B,3,S,S], ``labels`` float32 [B,L], ``index`` and ``view`` int64
-            [B], ``teacher_logits`` float32 [B,K], ``teacher_features`` (layer -> float32 [B,C,H,W]).
+            ``image`` float32 [B,3,S,S] (a :class:`~attrpreserve.data.common.PendingViews` when
+            ``apply_views`` defers them: a data module's ``crop_views``), ``labels`` float32
+            [B,L], ``index`` and ``view`` int64 [B], ``teacher_logits`` float32 [B,K],
+            ``teacher_features`` (layer -> float32 [B,C,H,W]).
 
         Raises:
             IndexError: an index out of range.
@@ -409,7 +411,7 @@ def cached_train_dataset(
     Args:
         datamodule: a data module with ``source_dataset``, ``sample_view``, ``apply_view``,
             ``image_size``, ``scale``, ``ratio`` and an attached ``trainer`` (and, used when there,
-            ``apply_views`` for batched loading).
+            ``apply_views`` for batched loading, ``crop_views`` with ``augment_on_device``).
         views, cache_dir, seed: see :class:`TeacherCache`.
 
     Raises:
@@ -439,4 +441,7 @@ def cached_train_dataset(
     if trainer.is_global_zero and not cache.is_complete:
         cache.build(progress=progress)
     trainer.strategy.barrier("teacher_cache")
-    return cache.dataset_for_training(apply_views=getattr(datamodule, "apply_views", None))
+    # augment_on_device: the batches carry the crops, finished on the device (PendingViews)
+    deferred = getattr(datamodule, "augment_on_device", False)
+    return cache.dataset_for_training(apply_views=datamodule.crop_views if deferred else getattr(
+        datamodule, "apply_views", None))

@@ -25,6 +25,7 @@ Usage (CPU, 2 cores):
   python benchmarks/store_speed.py --fit --num-images 1600 --min-side 112 --max-side 160 --image-size 64
   python benchmarks/store_speed.py --fit --online --arch vgg16 --image-size 227 --batch-size 64 --workers 8 \
       --accelerator gpu --precision bf16-mixed --channels-last --num-images 2048   # the GPU end to end
+  (add ``--augment-on-device`` there: the batched rows finish their views on the GPU)
 Add ``--threads 1`` on a machine shared with other jobs (torch's threads spin against them).
 """
 
@@ -152,7 +153,8 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
         kept = Keep()
         for name, store, batched in (("fit/jpeg", False, False), ("fit/store", True, False),
                                      ("fit/batched", True, True), ("fit/memory", True, True)):
-            dm = _module(root, work, store, args, cache_teacher=not args.online, cache_batched=batched)
+            on_device = {"augment_on_device": True} if args.augment_on_device and batched else {}
+            dm = _module(root, work, store, args, cache_teacher=not args.online, cache_batched=batched, **on_device)
             if args.online and not batched:  # the per-item online path (the batched one is the default)
                 dm.train_dataloader = _per_item_loader(dm)
             module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01,
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--accelerator", default="cpu", help="--fit: Lightning accelerator (cpu, gpu)")
     parser.add_argument("--precision", default="32-true", help="--fit: Lightning precision (32-true, bf16-mixed)")
     parser.add_argument("--channels-last", action="store_true", help="--fit: channels_last networks and inputs")
+    parser.add_argument("--augment-on-device", action="store_true", help="--fit: the batched rows resize, flip "
+                        "and normalise the views on the model's device (VOCDataModule(augment_on_device=True))")
     parser.add_argument("--data", default=None, help="folder for the generated VOC data (kept); default: temporary")
     args = parser.parse_args(argv)
     if args.threads:

@@ -76,6 +76,51 @@ def plain(t: Tensor) -> Tensor:
     return t.as_subclass(Tensor)
 
 
+class PendingViews:
+    """Training views cropped in the loader, to be resized, flipped and normalised on the model's device.
+
+    What a training loader with ``augment_on_device=True`` puts under a batch's ``image``: the uint8
+    crops (a list: their sizes differ) and the flips. It travels with the batch (Lightning moves any
+    object with ``to``, a loader pins any object with ``pin_memory``, workers send the crops through
+    shared memory) and the data module's ``on_after_batch_transfer`` finishes it on the device
+    (:meth:`render`). On the CPU the result is, bit for bit, what the loader would have built
+    (:meth:`ViewMixin.apply_views`); on a GPU the resize is the device's.
+
+    Example:
+        >>> x = torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8)
+        >>> pending = PendingViews([T.crop_view(x, (4, 8, 20, 30))], [True])
+        >>> torch.equal(pending.render(32, (0.5,) * 3, (0.25,) * 3),
+        ...             T.normalize(T.apply_view(x, (4, 8, 20, 30), True, 32), (0.5,) * 3, (0.25,) * 3)[None])
+        True
+    """
+
+    def __init__(self, crops: Sequence[Tensor], flips: Sequence[bool]) -> None:
+        if len(crops) != len(flips) or not len(crops):
+            raise ValueError(f"Expected as many flips as crops (at least one), but got {len(crops)} crops and "
+                             f"{len(flips)} flips.")
+        self.crops, self.flips = list(crops), [bool(f) for f in flips]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __repr__(self) -> str:
+        device = self.crops[0].device
+        return f"PendingViews({len(self)} crops, {self.crops[0].dtype}, {device})"
+
+    def to(self, *args: Any, **kwargs: Any) -> PendingViews:
+        return PendingViews([crop.to(*args, **kwargs) for crop in self.crops], self.flips)
+
+    def pin_memory(self, *args: Any) -> PendingViews:
+        return PendingViews([crop.pin_memory(*args) for crop in self.crops], self.flips)
+
+    def render(self, size: int, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+        """float32 ``[B, 3, size, size]``: each crop resized (bilinear, antialiased) and flipped where
+        the crops are, the stack normalised once."""
+        views = [T.apply_view(crop, (0, 0, crop.shape[-2], crop.shape[-1]), flip, size)
+                 for crop, flip in zip(self.crops, self.flips)]
+        return T.normalize(torch.stack(views), mean, std)
+
+
 class ViewMixin:
     """The training view of a data module as the ``(generator, h, w) -> (box, flip)`` sampler and
     ``(image, box, flip) -> image`` applier a teacher-output cache takes (see
@@ -136,6 +181,29 @@ class ViewMixin:
             raise ValueError(f"Expected argument `images` to share one dtype, but got {sorted(map(str, dtypes))}.")
         out = torch.stack([T.apply_view(x, box, flip, self.image_size) for x, box, flip in zip(images, boxes, flips)])
         return out if out.is_floating_point() else T.normalize(out, self.mean, self.std)
+
+    def crop_views(self, images: Sequence[Tensor], boxes: Sequence[Sequence[int]],
+                   flips: Sequence[bool]) -> PendingViews:
+        """:meth:`apply_views` up to the crop: the rest (resize, flip, normalise) is left to
+        :meth:`PendingViews.render`, on the model's device (``augment_on_device``).
+
+        Raises:
+            ValueError: as :meth:`apply_views`.
+        """
+        if not len(images) == len(boxes) == len(flips) or not len(images):
+            raise ValueError(f"Expected as many boxes and flips as images (at least one), but got {len(images)} "
+                             f"images, {len(boxes)} boxes and {len(flips)} flips.")
+        if any(x.is_floating_point() for x in images):  # rendering normalises: only uint8 sources
+            raise ValueError("Expected argument `images` to be uint8 (the loader's source images), but got "
+                             f"{sorted({str(x.dtype) for x in images})}.")
+        return PendingViews([T.crop_view(x, box) for x, box in zip(images, boxes)], flips)
+
+    def render_views(self, batch: Any) -> Any:
+        """``batch`` with a :class:`PendingViews` under ``image`` finished (:meth:`PendingViews.render`
+        with this module's ``image_size``, ``mean`` and ``std``); any other batch as it is."""
+        if isinstance(batch, dict) and isinstance(batch.get("image"), PendingViews):
+            batch = {**batch, "image": batch["image"].render(self.image_size, self.mean, self.std)}
+        return batch
 
     def _init_cache(self, cache_teacher: bool, cache_views: int, cache_dir: str | os.PathLike, cache_seed: int,
                     cache_batched: bool = True) -> None:

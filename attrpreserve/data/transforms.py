@@ -144,6 +144,23 @@ def apply_view(image: Tensor, box: Sequence[int], flip: bool, size: int | Sequen
     return _apply(image, box, flip, size, InterpolationMode.BILINEAR)
 
 
+def crop_view(image: Tensor, box: Sequence[int]) -> Tensor:
+    """The crop of :func:`apply_view` alone, as a contiguous tensor of ``image``'s dtype:
+    ``apply_view(crop_view(x, box), (0, 0, h, w), flip, size)`` equals ``apply_view(x, box, flip,
+    size)``, so the resize can run later, elsewhere (on the model's device).
+
+    Raises:
+        ValueError: a malformed ``box``.
+
+    Example:
+        >>> x = torch.arange(16.0).view(1, 4, 4)
+        >>> torch.equal(apply_view(crop_view(x, (1, 2, 2, 2)), (0, 0, 2, 2), True, 3), apply_view(x, (1, 2, 2, 2), True, 3))
+        True
+    """
+    top, left, height, width = _box(box)
+    return F.crop(image.as_subclass(torch.Tensor), top, left, height, width).contiguous()
+
+
 def apply_view_to_mask(mask: Tensor, box: Sequence[int], flip: bool, size: int | Sequence[int]) -> Tensor:
     """:func:`apply_view` for a label mask: nearest-neighbour resize, values (255 included) kept.
 
@@ -170,14 +187,19 @@ def apply_view_to_mask(mask: Tensor, box: Sequence[int], flip: bool, size: int |
     return out.as_subclass(torch.Tensor)
 
 
-def _apply(inpt: Tensor, box: Sequence[int], flip: bool, size: int | Sequence[int],
-           interpolation: InterpolationMode) -> Tensor:
+def _box(box: Sequence[int]) -> tuple[int, int, int, int]:
     try:
         top, left, height, width = (int(v) for v in box)
     except (TypeError, ValueError):
         raise ValueError(f"Expected argument `box` to be (top, left, height, width), but got {box!r}.") from None
     if height < 1 or width < 1:
         raise ValueError(f"Expected argument `box` to have a positive height and width, but got {tuple(box)!r}.")
+    return top, left, height, width
+
+
+def _apply(inpt: Tensor, box: Sequence[int], flip: bool, size: int | Sequence[int],
+           interpolation: InterpolationMode) -> Tensor:
+    top, left, height, width = _box(box)
     out = F.resized_crop(inpt, top, left, height, width, size=_size_pair(size),
                          interpolation=interpolation, antialias=True)
     return F.horizontal_flip(out) if flip else out
@@ -232,8 +254,8 @@ def normalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Ten
     """
     x = image.as_subclass(torch.Tensor)
     x = x.float() / 255.0 if not x.is_floating_point() else x.float()
-    m = torch.as_tensor(mean, dtype=x.dtype).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x - m) / s
 
 

@@ -58,14 +58,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 from torchvision import tv_tensors
 
 from attrpreserve.data import transforms as T
 from attrpreserve.data.common import (
-    IGNORE_INDEX, MIN_IMAGE_SIZE, ViewMixin, check_fraction, check_int, check_stats, default_workers, plain,
-    void_dropped_classes,
+    IGNORE_INDEX, MIN_IMAGE_SIZE, PendingViews, ViewMixin, check_fraction, check_int, check_stats, default_workers,
+    plain, void_dropped_classes,
 )
 from attrpreserve.data.resumable import Key, SeededItems
 from attrpreserve.data.store import ImageStore, build_on_rank_zero, default_store_size
@@ -415,6 +416,9 @@ class VOCDataset(Dataset):
             its objects keeps at least this fraction of its XML box's area inside the crop
             (:meth:`view_labels`); with masks, the pixels of a dropped class turn void (255).
             ``0.0`` reproduces the paper's crop (labels never change).
+        augment_on_device: :meth:`batch` only crops (uint8) and leaves the resize, flip and
+            normalisation to the model's device: its ``image`` is a
+            :class:`~attrpreserve.data.common.PendingViews`. Needs ``augment`` and a store.
 
     Items: ``image`` float32 [3,H,W] normalised (uint8 with ``normalize=False``); ``labels`` float32
     [20] multi-hot (the crop's with ``augment``); ``mask`` int64 [H,W] (0 background, c+1 class c,
@@ -450,11 +454,18 @@ class VOCDataset(Dataset):
         scale: tuple[float, float] = T.DEFAULT_SCALE,
         ratio: tuple[float, float] = T.DEFAULT_RATIO,
         min_visible: float = 0.5,
+        augment_on_device: bool = False,
     ) -> None:
         self.augment = bool(augment)
         if self.augment and transform is not None:
             raise ValueError("Expected argument `transform` to be None with `augment=True` (the augmentation is the "
                              f"transform), but got {transform!r}.")
+        if not isinstance(augment_on_device, bool):
+            raise ValueError(f"Expected argument `augment_on_device` to be a bool, but got {augment_on_device!r}.")
+        if augment_on_device and not (self.augment and store_dir is not None and normalize and not segmentation):
+            raise ValueError("Expected argument `augment_on_device=True` to come with `augment=True`, a `store_dir`, "
+                             "`normalize=True` and `segmentation=False` (the batched training views of a store).")
+        self.augment_on_device = augment_on_device
         self.image_size = check_int("image_size", image_size, 1)
         self.scale = T.check_range("scale", scale, 0.0, 1.0)
         self.ratio = T.check_range("ratio", ratio, 0.0, None)
@@ -624,7 +635,9 @@ class VOCDataset(Dataset):
         Augmented items read from a store (the training set of ``VOCDataModule(store=True)``) are
         built without per-item dicts, ``tv_tensors`` or collation: each view is drawn from its key's
         seed, cropped and resized in uint8, and the batch normalised once (normalising is
-        elementwise: the same floats). Other items are collated one by one.
+        elementwise: the same floats); with ``augment_on_device`` only cropped (``image`` is a
+        :class:`~attrpreserve.data.common.PendingViews`, the rest done on the device). Other items
+        are collated one by one.
 
         Raises:
             IndexError: an index out of range.
@@ -633,7 +646,7 @@ class VOCDataset(Dataset):
             seeded = SeededItems(self)
             return default_collate([seeded[key] for key in keys])
         draws = torch.Generator()  # re-seeded per key: the draws SeededItems' forked global RNG makes
-        images, labels, indices = [], [], []
+        images, labels, indices, flips = [], [], [], []
         for key in keys:
             index, seed = key if isinstance(key, tuple) else (key, None)
             index = int(index)
@@ -643,10 +656,15 @@ class VOCDataset(Dataset):
             generator = None if seed is None else draws.manual_seed(int(seed))  # int keys: the global RNG, as items
             box, flip, kept = self._draw_view(index, image, self.store.source_size(index), generator)
             labels.append(kept)
-            images.append(T.apply_view(image, box, flip, self.image_size))
+            if self.augment_on_device:
+                images.append(T.crop_view(image, box))
+                flips.append(flip)
+            else:
+                images.append(T.apply_view(image, box, flip, self.image_size))
             indices.append(index)
         return {
-            "image": T.normalize(torch.stack(images), self.mean, self.std),
+            "image": PendingViews(images, flips) if self.augment_on_device else T.normalize(
+                torch.stack(images), self.mean, self.std),
             "labels": torch.stack(labels),
             "index": torch.tensor(indices, dtype=torch.int64),
         }
@@ -754,6 +772,11 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
             (:meth:`~attrpreserve.teacher_cache.CachedViewsDataset.batch`: one read per cache
             file, no per-item dicts or collation); the batches are the per-item path's, bit for
             bit. ``False`` fetches items one by one.
+        augment_on_device: the training loader only crops (uint8, which is also what travels to
+            the device); the resize, flip and normalisation run on the model's device after the
+            batch transfer (``on_after_batch_transfer``, :class:`~attrpreserve.data.common.PendingViews`),
+            for a GPU whose host has few cores per device. Same batches as the loader's on the
+            CPU, bit for bit. Needs ``train_augment`` and ``store=True`` or a batched teacher cache.
 
     Raises:
         ValueError: a bad argument (named, with the allowed values).
@@ -794,6 +817,7 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         store_dir: str = ".cache/images",
         store_size: int | None = None,
         cache_batched: bool = True,
+        augment_on_device: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(root, (str, os.PathLike)) or not str(root):
@@ -828,6 +852,16 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
                              f"({self.image_size}), but got {store_size!r}.")
         self.store, self.store_dir, self.store_size = store, store_dir, store_size
         self._init_cache(cache_teacher, cache_views, cache_dir, cache_seed, cache_batched)
+        if not isinstance(augment_on_device, bool):
+            raise ValueError(f"Expected argument `augment_on_device` to be a bool, but got {augment_on_device!r}.")
+        if augment_on_device and not (train_augment and (store or (cache_teacher and cache_batched))):
+            raise ValueError(
+                "Expected argument `augment_on_device=True` to come with `train_augment=True` and either `store=True` "
+                "or `cache_teacher=True` with `cache_batched=True` (the batched training views it defers), but got "
+                f"train_augment={train_augment}, store={store}, cache_teacher={cache_teacher}, "
+                f"cache_batched={cache_batched}."
+            )
+        self.augment_on_device = augment_on_device
         self.save_hyperparameters()
         self.train_dataset: VOCDataset | None = None
         self.val_dataset: VOCDataset | None = None
@@ -846,7 +880,18 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
         return VOCDataset(self.root, split, segmentation=segmentation,
                           transform=None if augment else T.eval_transform(self.image_size), mean=self.mean,
                           std=self.std, include_difficult=self.include_difficult, augment=augment,
+                          augment_on_device=augment and self.augment_on_device and self.store,
                           **self._view_args(), **self._store_args())
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Finish the training views on the device (``augment_on_device``), then run the
+        LightningModule's own hook if it has one (Lightning calls only the data module's)."""
+        batch = self.render_views(batch)
+        trainer = getattr(self, "trainer", None)
+        module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+        if isinstance(module, pl.LightningModule) and is_overridden("on_after_batch_transfer", module):
+            batch = module.on_after_batch_transfer(batch, dataloader_idx)
+        return batch
 
     def _view_args(self) -> dict[str, Any]:
         return {"image_size": self.image_size, "scale": self.scale, "ratio": self.ratio,
