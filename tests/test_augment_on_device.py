@@ -86,7 +86,11 @@ def test_augment_on_device_checks_its_setting(voc_root, tmp_path):
         VOCDataModule(voc_root, augment_on_device=True, store=True, train_augment=False)
     with pytest.raises(ValueError, match="augment_on_device"):
         VOCDataModule(voc_root, augment_on_device="yes", store=True)
-    VOCDataModule(voc_root, augment_on_device=True, cache_teacher=True)  # the cache defers without a store
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    # the cache defers without a store; only a module that defers takes Lightning's transfer hook
+    assert is_overridden("on_after_batch_transfer", VOCDataModule(voc_root, augment_on_device=True, cache_teacher=True))
+    assert not is_overridden("on_after_batch_transfer", VOCDataModule(voc_root, store=True))
 
 
 def _fit(voc_root, tmp_path, on_device: bool, cached: bool):

@@ -120,3 +120,20 @@ def test_every_distillation_config_names_its_teacher_weights_with_a_comment():
         index = next(i for i, line in enumerate(lines) if line.strip().startswith("teacher_weights:"))
         assert lines[index - 1].strip().startswith("#"), path
         assert "teacher/checkpoints/last.ckpt" in lines[index], path
+
+
+def test_voc_teacher_from_scratch_with_weights_null_on_the_command_line(tmp_path, monkeypatch, voc_root):
+    """`--model.init_args.model.init_args.weights null` switches the ImageNet file off (jsonargparse
+    hands the nested null over as the string 'None', which must not be read as a file name)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    config = Path(__file__).parents[1] / "configs" / "voc" / "teacher.yaml"
+    assert main(["fit", "--config", str(config), "--model.init_args.model.init_args.weights", "null",
+                 "--data.init_args.root", str(voc_root), "--data.init_args.image_size", "64",
+                 "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
+                 "--trainer.logger", "pytorch_lightning.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+                 "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches",
+                 "1"]) == 0
+    assert (tmp_path / "runs" / "voc" / "teacher" / "checkpoints" / "last.ckpt").is_file()
+    assert main(["fit", "--config", str(config), "--data.init_args.root", str(voc_root), "--trainer.max_epochs",
+                 "1"]) != 0  # the config's own file is missing here: a clear error, not a silent scratch start

@@ -144,3 +144,10 @@ def test_width_multiplier_scales_every_conv_before_the_divisor(multiplier, divis
 def test_width_multiplier_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="width_multiplier"):
         vgg_small(width_multiplier=bad)
+
+
+def test_torchvision_weight_names_are_listed_once():
+    from attrpreserve.models.weights import torchvision_weight_names
+
+    names = torchvision_weight_names("vgg16", True)
+    assert "IMAGENET1K_V1" in names and "DEFAULT" in names and len(names) == len(set(names))

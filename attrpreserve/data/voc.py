@@ -862,6 +862,8 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
                 f"cache_batched={cache_batched}."
             )
         self.augment_on_device = augment_on_device
+        if augment_on_device:  # take Lightning's transfer hook over only when there are views to finish
+            self.on_after_batch_transfer = self._finish_views_on_device
         self.save_hyperparameters()
         self.train_dataset: VOCDataset | None = None
         self.val_dataset: VOCDataset | None = None
@@ -883,9 +885,10 @@ class VOCDataModule(ViewMixin, pl.LightningDataModule):
                           augment_on_device=augment and self.augment_on_device and self.store,
                           **self._view_args(), **self._store_args())
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Finish the training views on the device (``augment_on_device``), then run the
-        LightningModule's own hook if it has one (Lightning calls only the data module's)."""
+    def _finish_views_on_device(self, batch: Any, dataloader_idx: int) -> Any:
+        """``on_after_batch_transfer`` with ``augment_on_device``: finish the training views on the
+        device, then run the LightningModule's own hook if it has one (Lightning calls only the
+        data module's when both have one)."""
         batch = self.render_views(batch)
         trainer = getattr(self, "trainer", None)
         module = getattr(trainer, "lightning_module", None) if trainer is not None else None

@@ -132,6 +132,8 @@ class VGG(nn.Module):
         self.attribution_layers["pool5"] = self.feature_info[-1]["module"]
         self._init_weights()
         self.weights_source: dict[str, str] | None = None
+        if weights == "None":  # jsonargparse turns `--model.init_args.model.init_args.weights null` into 'None'
+            weights = None
         if weights is not None:
             path = resolve_weights(weights, arch, batch_norm)
             load_weights(self, path)

@@ -113,7 +113,7 @@ def torchvision_weight_names(arch: str, batch_norm: bool = True) -> list[str]:
         return []
     import torchvision.models
 
-    return [*getattr(torchvision.models, enum_name).__members__, "DEFAULT"]
+    return list(dict.fromkeys([*getattr(torchvision.models, enum_name).__members__, "DEFAULT"]))  # DEFAULT: an alias
 
 
 def resolve_weights(weights: str | os.PathLike, arch: str, batch_norm: bool = True) -> Path:
