@@ -23,8 +23,8 @@ def _finish(dm, batch):
     return dm.on_after_batch_transfer(dm.transfer_batch_to_device(batch, torch.device("cpu"), 0), 0)
 
 
-def _module(voc_root, tmp_path, workers: int, on_device: bool, cached: bool) -> VOCDataModule:
-    dm = VOCDataModule(voc_root, image_size=32, batch_size=BATCH, num_workers=workers, store=True,
+def _module(voc_root, tmp_path, workers: int, on_device: bool, cached: bool, store: bool = True) -> VOCDataModule:
+    dm = VOCDataModule(voc_root, image_size=32, batch_size=BATCH, num_workers=workers, store=store,
                        store_dir=str(tmp_path / "store"), scale=(0.08, 1.0), pin_memory=False, cache_teacher=cached,
                        cache_views=4, cache_dir=str(tmp_path / "teacher"), augment_on_device=on_device)
     dm.setup("fit")
@@ -56,12 +56,14 @@ def test_pending_views_render_what_apply_views_builds():
         dm.crop_views(images, boxes[:2], flips)
 
 
-@pytest.mark.parametrize(("cached", "workers"), [(False, 0), (False, 1), (True, 0), (True, 1)])
-def test_batches_finished_on_the_device_equal_the_loaders(voc_root, tmp_path, cached, workers):
+@pytest.mark.parametrize(("cached", "workers", "store"),
+                         [(False, 0, True), (False, 1, True), (True, 0, True), (True, 1, True), (True, 0, False)])
+def test_batches_finished_on_the_device_equal_the_loaders(voc_root, tmp_path, cached, workers, store):
     """Two epochs and a loader resumed after one batch of epoch 1: every batch defers its views
-    and, once finished, equals the loader path's batch over the same keys."""
+    and, once finished, equals the loader path's batch over the same keys (the teacher cache's
+    views also from decoded JPEGs, without a store)."""
     teacher = _teacher(20)
-    loader_dm, device_dm = (_module(voc_root, tmp_path, workers, on, cached) for on in (False, True))
+    loader_dm, device_dm = (_module(voc_root, tmp_path, workers, on, cached, store) for on in (False, True))
     _attach(loader_dm, teacher)
     _attach(device_dm, teacher)
     reference = _epochs(loader_dm.train_dataloader(), (0, 1))
