@@ -6,8 +6,8 @@ normalisation, the head's skipped identity pool), so it understates what changed
 was filed. This script measures against the code as it was: it checks ``--commit`` out into a
 temporary git worktree (local, nothing fetched) and runs the same ``Trainer.fit`` with that code
 and with this tree, each fit in a fresh subprocess, the runs interleaved so that drift of the
-machine hits both alike. The fit: SSWA matching (weight 100, ``pool5``), a vgg_small teacher read
-from its 8-view cache (``--online``: run in every step), its /8 student, a generated VOC-layout
+machine hits both alike. The fit: SSWA matching (weight 100, ``pool5``), a vgg_small (``--arch``)
+teacher read from its 8-view cache (``--online``: run in every step), its /8 student, a generated VOC-layout
 folder (``voc_folder.py``), ``image_size`` 64, batch 32; images/s of the epochs after the first.
 
 Rows: ``base/jpeg/wN`` (the commit, N loader workers), ``now/jpeg/wN`` and ``now/store/wN`` (this
@@ -16,6 +16,8 @@ workers and against the base's best row.
 
   python benchmarks/fit_vs_commit.py --commit 5661e2a            # before the decoded-image store
   python benchmarks/fit_vs_commit.py --commit 5661e2a --online --workers 0 2
+  python benchmarks/fit_vs_commit.py --commit 5661e2a --online --arch vgg16 --image-size 227 --batch-size 64 \
+      --accelerator gpu --workers 8 --num-images 2048 --min-side 300 --max-side 500   # on a GPU
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--image-size", type=int, required=True)
     parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--arch", required=True)
+    parser.add_argument("--accelerator", required=True)
     args = parser.parse_args(argv)
     sys.path.insert(0, args.src)
     import torch
@@ -79,10 +83,10 @@ def child(argv: list[str]) -> None:
                        cache_teacher=not args.online, cache_views=8, cache_dir=f"{args.work}/teacher",
                        pin_memory=False, **extra)
     torch.manual_seed(0)
-    teacher = create_model("vgg_small", num_classes=20).eval()
-    module = DistillationModule(teacher, create_model("vgg_small", num_classes=20, width_divisor=8), lr=0.01)
+    teacher = create_model(args.arch, num_classes=20).eval()
+    module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01)
     timer = EpochTimer()
-    trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator="cpu", devices=1, logger=False,
+    trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
@@ -93,7 +97,8 @@ def child(argv: list[str]) -> None:
 def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: argparse.Namespace) -> list[float]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--src", str(src), "--root", str(root),
                "--work", str(work), "--workers", str(workers), "--epochs", str(args.epochs),
-               "--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+               "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--arch", args.arch,
+               "--accelerator", args.accelerator]
     command += ["--store"] * store + ["--online"] * args.online
     command += ["--threads", str(args.threads)] if args.threads else []
     done = subprocess.run(command, capture_output=True, text=True, env={**_env(), "WANDB_MODE": "offline"})
@@ -115,6 +120,9 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers to try (each row)")
     parser.add_argument("--online", action="store_true", help="run the teacher in every step (no cache)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: torch's)")
+    parser.add_argument("--arch", default="vgg_small", choices=["vgg_small", "vgg16"], help="teacher (the student "
+                        "is its /8)")
+    parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-images", type=int, default=1600)
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=repo, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     teacher = "online teacher" if args.online else "teacher from the 8-view cache"
-    print(f"base {sha[:10]} vs this tree; SSWA fit, vgg_small -> /8, {teacher}; {args.num_images} JPEGs "
+    print(f"base {sha[:10]} vs this tree; SSWA fit, {args.arch} -> /8 on {args.accelerator}, {teacher}; "
+          f"{args.num_images} JPEGs "
           f"{args.min_side}-{args.max_side} px, image_size {args.image_size}, batch {args.batch_size}, threads "
           f"{args.threads or 'default'}; images/s of {args.epochs} epochs x {args.repeats} fits after a warm-up epoch")
     for name, values in rates.items():
