@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import pytorch_lightning as pl
 import torch
 
 
@@ -40,3 +41,19 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> float | None:
     fn()
     sync(device)
     return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+class EpochTimer(pl.Callback):
+    """Images/s of each training epoch of a fit (``rates``, one per epoch; the first warms up)."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start, self.n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.n += batch["image"].shape[0]
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.rates.append(self.n / (time.perf_counter() - self.start))

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -65,18 +65,7 @@ def child(argv: list[str]) -> None:
     if not Path(attrpreserve.__file__).resolve().is_relative_to(Path(args.src).resolve()):
         raise RuntimeError(f"imported {attrpreserve.__file__}, not the code in {args.src}")
 
-    class EpochTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.rates: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.start, self.n = time.perf_counter(), 0
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.n += batch["image"].shape[0]
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.rates.append(self.n / (time.perf_counter() - self.start))
+    from _common import EpochTimer
 
     extra = {"store": True, "store_dir": f"{args.work}/store"} if args.store else {}
     dm = VOCDataModule(args.root, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
@@ -109,8 +98,6 @@ def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: arg
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 

@@ -42,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import EpochTimer  # noqa: E402
 from voc_folder import make_voc_folder  # noqa: E402
 
 from attrpreserve.data import VOCDataModule  # noqa: E402
@@ -113,19 +114,6 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
 
     from attrpreserve.callbacks import AttributionMatching
     from attrpreserve.modules import DistillationModule
-
-    class EpochTimer(pl.Callback):
-        def __init__(self) -> None:
-            self.rates: list[float] = []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            self.start, self.n = time.perf_counter(), 0
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            self.n += batch["image"].shape[0]
-
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.rates.append(self.n / (time.perf_counter() - self.start))
 
     from attrpreserve.models import create_model
 

@@ -121,6 +121,12 @@ class PendingViews:
         return T.normalize(torch.stack(views), mean, std)
 
 
+def _check_views(images: Sequence[Tensor], boxes: Sequence[Sequence[int]], flips: Sequence[bool]) -> None:
+    if not len(images) == len(boxes) == len(flips) or not len(images):
+        raise ValueError(f"Expected as many boxes and flips as images (at least one), but got {len(images)} "
+                         f"images, {len(boxes)} boxes and {len(flips)} flips.")
+
+
 class ViewMixin:
     """The training view of a data module as the ``(generator, h, w) -> (box, flip)`` sampler and
     ``(image, box, flip) -> image`` applier a teacher-output cache takes (see
@@ -173,9 +179,7 @@ class ViewMixin:
             >>> views.shape, torch.equal(views[1], dm.apply_view(x, (4, 8, 20, 30), True))
             (torch.Size([2, 3, 32, 32]), True)
         """
-        if not len(images) == len(boxes) == len(flips) or not len(images):
-            raise ValueError(f"Expected as many boxes and flips as images (at least one), but got {len(images)} "
-                             f"images, {len(boxes)} boxes and {len(flips)} flips.")
+        _check_views(images, boxes, flips)
         dtypes = {x.dtype for x in images}
         if len(dtypes) > 1:  # torch.stack would promote uint8 to float silently
             raise ValueError(f"Expected argument `images` to share one dtype, but got {sorted(map(str, dtypes))}.")
@@ -190,9 +194,7 @@ class ViewMixin:
         Raises:
             ValueError: as :meth:`apply_views`.
         """
-        if not len(images) == len(boxes) == len(flips) or not len(images):
-            raise ValueError(f"Expected as many boxes and flips as images (at least one), but got {len(images)} "
-                             f"images, {len(boxes)} boxes and {len(flips)} flips.")
+        _check_views(images, boxes, flips)
         if any(x.is_floating_point() for x in images):  # rendering normalises: only uint8 sources
             raise ValueError("Expected argument `images` to be uint8 (the loader's source images), but got "
                              f"{sorted({str(x.dtype) for x in images})}.")
