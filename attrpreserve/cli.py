@@ -143,6 +143,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="default: cuda when available, else cpu; under torchrun each process takes cuda:LOCAL_RANK")
+    p.add_argument("--precision", default="32-true", choices=("32-true", "bf16-mixed", "16-mixed"),
+                   help="the networks' passes under autocast, as the Trainer's precision (maps and metrics stay "
+                        "float32; default: 32-true)")
     p.epilog = (f"methods (layer; options for --method-arg):\n{_methods_help()}\n\n"
                 "Several processes: `torchrun --nproc_per_node N -m attrpreserve evaluate ...` splits the batches\n"
                 "over them and prints the single-process table (rank 0 writes it).")
@@ -327,7 +330,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
                       progress=not args.no_progress, provenance=provenance, logger=logger, out=out,
                       baselines=() if args.baselines in ("", "none") else [b.strip() for b in args.baselines.split(",")],
                       bootstrap=args.bootstrap, faithfulness=args.faithfulness,
-                      faithfulness_steps=args.faithfulness_steps)
+                      faithfulness_steps=args.faithfulness_steps, precision=args.precision)
     if logger is not None:
         log_summary(logger, result, key=f"evaluate/{args.protocol}")
         say(f"wandb: logged to run {logger.version} in {logger.save_dir}")

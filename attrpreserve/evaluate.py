@@ -59,6 +59,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from itertools import chain, islice
 from typing import Any
 
@@ -67,7 +68,7 @@ import torch
 from torch import Tensor, nn
 
 from attrpreserve.evaluation.checks import (
-    check_batch, check_extras, check_flag, check_methods, check_positive_int, check_protocol,
+    check_batch, check_extras, check_flag, check_methods, check_positive_int, check_precision, check_protocol,
 )
 from attrpreserve.evaluation.evaluator import AttributionEvaluator, module_device
 from attrpreserve.evaluation.pairs import present_classes
@@ -101,6 +102,7 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     faithfulness: bool = False,
     faithfulness_steps: int = 20,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """Predictive metrics and, per attribution method, localisation (and teacher agreement) scores.
 
@@ -149,6 +151,10 @@ def evaluate(
             and the batch): ``deletion``/``insertion`` AUCs per row and ``result["faithfulness"]``.
             Costs ``2 * (faithfulness_steps + 1)`` forwards per pair and row.
         faithfulness_steps: stages of the curves.
+        precision: ``"32-true"`` (default), ``"bf16-mixed"`` or ``"16-mixed"``, as Lightning's
+            ``Trainer(precision=...)``: the networks' forward and backward passes run under
+            ``torch.autocast`` with that dtype (on the model's device); the maps, their channel
+            collapse, the logits' scores and every metric stay in float32.
 
     Returns:
         ``{"metrics": {"map", "map_image", "f1", "num_images"}, "methods": {name: {"auc",
@@ -191,6 +197,7 @@ def evaluate(
     check_extras(baselines, bootstrap, seed, class_names, names)
     check_flag("faithfulness", faithfulness)
     check_positive_int("faithfulness_steps", faithfulness_steps)
+    dtype = check_precision(precision)
     world, rank = _world()
     batches, total = _batches(data, max_batches, world, rank, max_images)
     first = next(batches, None)
@@ -207,8 +214,9 @@ def evaluate(
         num_classes, names, protocol, teacher is not None, count_void_as_background, method_kwargs,
         teacher_method_kwargs, baselines, bootstrap, seed, class_names or getattr(data, "class_names", None),
         faithfulness, faithfulness_steps,
-    ).to(module_device(model))
-    with _Progress(progress and rank == 0, total) as advance:
+    ).to(device := module_device(model))
+    mixed = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with _Progress(progress and rank == 0, total) as advance, mixed:
         for index, batch in enumerate(chain([first], batches)):
             evaluator.update(batch, model, teacher, batch_index=index * world + rank)
             advance()
@@ -218,6 +226,7 @@ def evaluate(
     result["provenance"] = {
         **evaluation_provenance(model, teacher, names, evaluator.method_kwargs, evaluator.teacher_method_kwargs,
                                 max_images, max_batches),
+        "precision": precision,
         "baselines": list(evaluator.baselines),
         "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95},
         **dict(provenance or {}),

@@ -24,6 +24,8 @@ of the batch-1 loop pays for it (ratios of ~20x were measured that way): compare
 
     .venv/bin/python benchmarks/eval_speed.py --num-images 128 --batch-size 32
     .venv/bin/python benchmarks/eval_speed.py --device cuda --arch vgg16 --image-size 227 --batch-size 64
+    .venv/bin/python benchmarks/eval_speed.py --device cuda --arch vgg16 --image-size 227 --batch-size 64 \
+        --precisions bf16-mixed --preload      # ours in bf16 against fp32, batches already on the GPU
 """
 
 from __future__ import annotations
@@ -140,6 +142,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-steps", type=int, default=0, help="AdamW steps on synthetic data first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--precisions", nargs="+", default=[], choices=["bf16-mixed", "16-mixed"],
+                        help="also time ours under these precisions (evaluate's `precision`), against its fp32")
+    parser.add_argument("--preload", action="store_true",
+                        help="materialise the batches on the device first (times the pipeline, not the loader)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -156,13 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     train_briefly(model, dm, args.train_steps, device)
     dm.setup("test")
     loader = dm.test_dataloader()
+    if args.preload:
+        loader = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                  for batch in loader]
     print(f"{args.arch}/{args.width_divisor} on {device}, {args.num_images} synthetic {args.image_size}px images, "
           f"{args.num_classes} classes, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
 
-    def run_ours() -> tuple[dict, float]:
+    def run_ours(precision: str = "32-true") -> tuple[dict, float]:
         sync(device)
         start = time.perf_counter()
-        result = evaluate(model, loader, methods=["gradcam"], protocol="paper", progress=False)
+        result = evaluate(model, loader, methods=["gradcam"], protocol="paper", progress=False, precision=precision)
         sync(device)
         return result, time.perf_counter() - start
 
@@ -198,6 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"ours      {t_ours:8.2f} s  {n / t_ours:9.1f} images/s")
     print(f"reference {t_ref:8.2f} s  {n / t_ref:9.1f} images/s")
     print(f"speed-up  {t_ref / t_ours:8.1f}x  (numbers agree)")
+    for precision in args.precisions:  # ours again, fp32 (TF32 off, as above) and mixed interleaved
+        evaluate(model, loader, methods=["gradcam"], max_batches=1, progress=False, precision=precision)
+        (mixed, t1), (_, t_full), (_, t2) = run_ours(precision), run_ours(), run_ours(precision)
+        t_mixed, row = (t1 + t2) / 2, mixed["methods"]["gradcam"]
+        print(f"ours {precision:10s} {t_mixed:6.2f} s  {n / t_mixed:9.1f} images/s  {t_full / t_mixed:.2f}x ours "
+              f"fp32 ({n / t_full:.1f} images/s); auc {row['auc']:.4f} ({row['auc'] - gradcam['auc']:+.4f}), "
+              f"point_acc {row['point_acc']:.4f} ({row['point_acc'] - gradcam['point_acc']:+.4f}), "
+              f"pairs {row['num_pairs']}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ machine hits both alike. The fit: SSWA matching (weight 100, ``pool5``), a vgg_s
 teacher read from its 8-view cache (``--online``: run in every step), its /8 student, a generated VOC-layout
 folder (``voc_folder.py``), ``image_size`` 64, batch 32; images/s of the epochs after the first.
 
+Without git (a copy of the tree, as on a lent GPU machine), ``--base-tree DIR`` takes the earlier
+code from a folder instead: ``mkdir .base && git archive 5661e2a | tar -x -C .base``.
+
 Rows: ``base/jpeg/wN`` (the commit, N loader workers), ``now/jpeg/wN`` and ``now/store/wN`` (this
 tree without and with the store). Ratios: each ``now`` row against the base row with the same
 workers and against the base's best row.
@@ -18,6 +21,7 @@ workers and against the base's best row.
   python benchmarks/fit_vs_commit.py --commit 5661e2a --online --workers 0 2
   python benchmarks/fit_vs_commit.py --commit 5661e2a --online --arch vgg16 --image-size 227 --batch-size 64 \
       --accelerator gpu --workers 8 --num-images 2048 --min-side 300 --max-side 500   # on a GPU
+  python benchmarks/fit_vs_commit.py --base-tree .base ...       # the earlier code from a folder
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--arch", required=True)
     parser.add_argument("--accelerator", required=True)
+    parser.add_argument("--precision", required=True)
     args = parser.parse_args(argv)
     sys.path.insert(0, args.src)
     import torch
@@ -70,12 +75,13 @@ def child(argv: list[str]) -> None:
     extra = {"store": True, "store_dir": f"{args.work}/store"} if args.store else {}
     dm = VOCDataModule(args.root, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
                        cache_teacher=not args.online, cache_views=8, cache_dir=f"{args.work}/teacher",
-                       pin_memory=False, **extra)
+                       pin_memory=None, **extra)  # None: pinned where CUDA is
     torch.manual_seed(0)
     teacher = create_model(args.arch, num_classes=20).eval()
     module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1, logger=False,
+                         precision=args.precision,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])
@@ -87,29 +93,29 @@ def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: arg
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--src", str(src), "--root", str(root),
                "--work", str(work), "--workers", str(workers), "--epochs", str(args.epochs),
                "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--arch", args.arch,
-               "--accelerator", args.accelerator]
+               "--accelerator", args.accelerator, "--precision", args.precision]
     command += ["--store"] * store + ["--online"] * args.online
     command += ["--threads", str(args.threads)] if args.threads else []
-    done = subprocess.run(command, capture_output=True, text=True, env={**_env(), "WANDB_MODE": "offline"})
+    # the child puts `src` first on sys.path and checks where attrpreserve came from
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"fit with {src} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])["rates"]
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commit", required=True, help="the earlier code (any git revision of this repository)")
+    earlier = parser.add_mutually_exclusive_group(required=True)
+    earlier.add_argument("--commit", help="the earlier code (any git revision of this repository)")
+    earlier.add_argument("--base-tree", help="the earlier code, from a folder (a `git archive` of it)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="loader workers to try (each row)")
     parser.add_argument("--online", action="store_true", help="run the teacher in every step (no cache)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: torch's)")
     parser.add_argument("--arch", default="vgg_small", choices=["vgg_small", "vgg16"], help="teacher (the student "
                         "is its /8)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu)")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision of every fit (32-true, bf16-mixed)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-images", type=int, default=1600)
@@ -119,17 +125,24 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--repeats", type=int, default=2, help="fits per row, interleaved")
     parser.add_argument("--data", default=None, help="folder for the generated VOC data (kept); default: temporary")
     args = parser.parse_args(argv)
-    repo = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=HERE, capture_output=True, text=True,
-                               check=True).stdout.strip())
-    commit = subprocess.run(["git", "rev-parse", "--verify", f"{args.commit}^{{commit}}"], cwd=repo,
-                            capture_output=True, text=True)
-    if commit.returncode:
-        raise ValueError(f"Expected argument `--commit` to name a commit of {repo}, but got {args.commit!r}.")
-    sha = commit.stdout.strip()
+    repo = HERE.parent  # this tree
+    if args.base_tree is not None:
+        base = Path(args.base_tree).resolve()
+        if not (base / "attrpreserve" / "__init__.py").is_file():
+            raise FileNotFoundError(f"Expected argument `--base-tree` to be a folder holding attrpreserve/, but "
+                                    f"{str(base)!r} has no attrpreserve/__init__.py.")
+        label = f"the tree in {base}"
+    else:
+        commit = subprocess.run(["git", "rev-parse", "--verify", f"{args.commit}^{{commit}}"], cwd=repo,
+                                capture_output=True, text=True)
+        if commit.returncode:
+            raise ValueError(f"Expected argument `--commit` to name a commit of {repo}, but got {args.commit!r}.")
+        label = commit.stdout.strip()[:10]
     tmp = Path(tempfile.mkdtemp(prefix="fit_vs_commit_"))
-    base = tmp / "base"
     try:
-        subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), sha], cwd=repo, check=True)
+        if args.base_tree is None:
+            base = tmp / "base"
+            subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), label], cwd=repo, check=True)
         sys.path.insert(0, str(HERE))
         from voc_folder import make_voc_folder
 
@@ -144,10 +157,12 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                 rates[name] += _fit(src, root, work, store, workers, args)
                 print(f"  {name:16s} {' '.join(f'{r:.0f}' for r in rates[name])} images/s", flush=True)
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=repo, capture_output=True)
+        if args.base_tree is None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "base")], cwd=repo, capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     teacher = "online teacher" if args.online else "teacher from the 8-view cache"
-    print(f"base {sha[:10]} vs this tree; SSWA fit, {args.arch} -> /8 on {args.accelerator}, {teacher}; "
+    print(f"base {label} vs this tree; SSWA fit, {args.arch} -> /8 on {args.accelerator} "
+          f"({args.precision}), {teacher}; "
           f"{args.num_images} JPEGs "
           f"{args.min_side}-{args.max_side} px, image_size {args.image_size}, batch {args.batch_size}, threads "
           f"{args.threads or 'default'}; images/s of {args.epochs} epochs x {args.repeats} fits after a warm-up epoch")

@@ -8,6 +8,9 @@ loader is measured by ``store_speed.py``):
   forward and double backward, KD + matching loss, SGD step), per precision: ``fp32``,
   ``bf16`` (autocast) and ``fp16`` (autocast + ``torch.amp.GradScaler``, as Lightning's
   ``16-mixed``); with ``--channels-last`` the networks and inputs in channels_last as well.
+- ``kd``: the plain distillation step on the same networks (teacher forward without gradient,
+  KD + task loss, the student's forward and backward): the matching overhead is ``online / kd``
+  at the same precision.
 - ``cached``: the same step reading the teacher from cache tensors (logits, pool5), the teacher
   head alone recomputed for its gradient (``forward_teacher_cached``).
 - ``gradcam``: ``attribute(..., "gradcam")`` of the student at conv5_3 for the top class.
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     module = DistillationModule(teacher, student, channels_last=args.channels_last).to(device).train()
     term = MatchingTerm("sswa", 100.0, 0.3, "pool5", "pool5", "teacher_top1", False, torch.Generator().manual_seed(0))
     module.add_loss_term(term)
+    kd_module = DistillationModule(teacher, student, channels_last=args.channels_last).to(device).train()
     optimizer = torch.optim.SGD(module.trainable_parameters(), lr=1e-4, momentum=0.9)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     labels = (torch.rand(args.batch_size, args.num_classes, device=device) < 0.15).float()
@@ -72,11 +76,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     cached = {**online, "teacher_logits": result.logits.float(),
               "teacher_features": {"pool5": result.features["pool5"].float()}}
 
-    def step(batch: dict, dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None) -> None:
+    def step(batch: dict, dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None,
+             on: DistillationModule = module) -> None:
         context = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
         with context:
-            t, s = module._forward_both(batch)
-            loss = module.compute_losses(batch, t, s)["loss"]
+            t, s = on._forward_both(batch)
+            loss = on.compute_losses(batch, t, s)["loss"]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         dtype = DTYPES[name]
         scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
         fns[f"online/{name}"] = lambda d=dtype, s=scaler: step(online, d, s)
+        fns[f"kd/{name}"] = lambda d=dtype, s=scaler: step(online, d, s, kd_module)
         fns[f"cached/{name}"] = lambda d=dtype, s=scaler: step(cached, d, s)
         fns[f"gradcam/{name}"] = lambda d=dtype: gradcam(d)
     seconds = time_interleaved(fns, args.repeats, device)
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         mem = f"{memory[name]:.2f}" if memory[name] is not None else "-"
         print(f"| {name} | {1e3 * sec:.1f} | {args.batch_size / sec:.0f} | {mem} | {ratio} |")
         results[name] = {"seconds": sec, "images_per_s": args.batch_size / sec, "peak_gib": memory[name] or 0.0}
+    for name in args.precisions:
+        print(f"matching overhead ({name}): online / kd = {seconds[f'online/{name}'] / seconds[f'kd/{name}']:.3f}")
     if not args.no_profile:
         from torch.profiler import ProfilerActivity, profile
 

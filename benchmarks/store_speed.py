@@ -57,7 +57,8 @@ from attrpreserve.teacher_cache import CachedViewBatches, TeacherCache  # noqa: 
 def _module(root: Path, work: Path, store: bool, args: argparse.Namespace, **extra) -> VOCDataModule:
     return VOCDataModule(root, image_size=args.image_size, batch_size=args.batch_size, num_workers=args.workers,
                          store=store, store_dir=str(work / "store"), cache_dir=str(work / "teacher"),
-                         cache_views=args.views, pin_memory=False, **extra)
+                         cache_views=args.views, pin_memory=args.fit and args.accelerator != "cpu",  # as on a GPU
+                         **extra)
 
 
 def _epoch(loader: DataLoader) -> int:
@@ -203,7 +204,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         rates = (fit_speed if args.fit else loaders)(root, tmp / "work", args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"CPU x{torch.get_num_threads()} threads; {args.num_images} JPEGs {args.min_side}-{args.max_side} px, "
+    where = f"CPU x{torch.get_num_threads()} threads"
+    if args.fit and args.accelerator != "cpu" and torch.cuda.is_available():
+        where = f"{torch.cuda.get_device_name()}, {args.precision}, channels_last={args.channels_last}; {where}"
+    print(f"{where}; {args.num_images} JPEGs {args.min_side}-{args.max_side} px, "
           f"image_size {args.image_size}, batch {args.batch_size}, {args.workers} workers, K={args.views}")
     for name, values in rates.items():
         print(f"  {name:14s} {max(values):8.1f} images/s  (range {min(values):.1f}-{max(values):.1f}, "

@@ -59,6 +59,23 @@ def _data_setup():
     return dm
 
 
+def test_evaluate_command_bf16_precision(tmp_path, capsys):
+    path, module = _distilled_ckpt(tmp_path)
+    args = ["--ckpt", str(path), "--data", "synthetic", "--num-classes", "3", "--batch-size", "4", "--max-batches",
+            "1", "--device", "cpu", "--bootstrap", "0", "--protocol", "all"]
+    result = evaluate_main([*args, "--precision", "bf16-mixed", "--out", str(tmp_path / "bf16")])
+    saved = json.loads((tmp_path / "bf16" / "results.json").read_text())
+    assert saved["provenance"]["precision"] == "bf16-mixed"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the flag is an autocast around evaluate()
+        direct = evaluate(module.student, _data_setup(), teacher=module.teacher, max_batches=1, progress=False,
+                          protocol="all", bootstrap=0)
+    for key in ("auc", "point_acc", "cos", "l2"):
+        assert result["methods"]["gradcam"][key] == pytest.approx(direct["methods"]["gradcam"][key], abs=1e-6), key
+    with pytest.raises(SystemExit):
+        evaluate_main([*args, "--precision", "bf16"])
+    assert "invalid choice: 'bf16'" in capsys.readouterr().err
+
+
 def test_evaluate_command_rejects_unknown_method_before_loading(tmp_path):
     with pytest.raises(ValueError, match="gradcam"):
         evaluate_main(["--ckpt", str(tmp_path / "missing.ckpt"), "--data", "synthetic", "--methods", "gradcam,nope"])

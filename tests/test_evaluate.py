@@ -247,6 +247,7 @@ def test_max_batches_and_iterables():
         (None, {"method_kwargs": {"lrp": {}}}, "method_kwargs"),
         (None, {"max_batches": 0}, "max_batches"),
         (None, {"count_void_as_background": "yes"}, "count_void_as_background"),
+        (None, {"precision": "bf16"}, "precision"),
         ("mask_shape", {}, "'mask' to be"),
         ("labels", {}, "num_classes=2"),
         ("mask_value", {}, "'mask' values"),

@@ -58,6 +58,26 @@ def check_methods(methods: Any, method_kwargs: Any = None) -> list[str]:
     return list(names)
 
 
+# Lightning's names of the precisions (``Trainer(precision=...)``) -> the autocast dtype (None: float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"32-true": None, "32": None, "bf16-mixed": torch.bfloat16,
+                                             "16-mixed": torch.float16}
+
+
+def check_precision(precision: Any) -> torch.dtype | None:
+    """The autocast dtype of a Lightning precision name (None for float32).
+
+    Example:
+        >>> check_precision("bf16-mixed"), check_precision("32-true")
+        (torch.bfloat16, None)
+
+    Raises:
+        ValueError: not a name of :data:`PRECISIONS`.
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"Expected argument `precision` to be one of {list(PRECISIONS)}, but got {precision!r}.")
+    return PRECISIONS[precision]
+
+
 def check_flag(name: str, value: Any) -> None:
     """Raises ValueError unless ``value`` is a bool."""
     if not isinstance(value, bool):

@@ -214,7 +214,7 @@ class AttributionEvaluator(nn.Module):
         scorable, present = (t.to(device) for t in ground_truth(batch, self.num_classes))
         with attribution_scope(model, teacher):
             logits, image_index, classes, shared = self._predict(model, images, scorable)
-            self.predictive.update(logits.sigmoid(), labels.round().int())
+            self.predictive.update(logits.float().sigmoid(), labels.round().int())  # fp32 under autocast
             self.counts.update(images.shape[0], image_index.numel(), int(present.sum()) - image_index.numel())
             if image_index.numel() == 0:
                 return
