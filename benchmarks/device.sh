@@ -17,12 +17,13 @@
 #     SMOKE=1 OUT=/tmp/device_out PYTHON=.venv/bin/python bash benchmarks/device.sh
 #
 # Environment: OUT (default benchmarks/device_out), PYTHON (default python3), DEADLINE (seconds
-# for the whole run, default 540), SMOKE=1 (CPU sizes).
+# for the whole run, default 420: a machine's start and a rerun of a step that failed early still fit
+# in the 15 minutes), SMOKE=1 (CPU sizes).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/device_out}
 PY=${PYTHON:-python3}
-DEADLINE=${DEADLINE:-540}
+DEADLINE=${DEADLINE:-420}
 DATA=${DATA:-/tmp/attrpreserve_voc}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=offline
@@ -68,24 +69,24 @@ torchvision.__version__, 'lightning', pl.__version__, 'cuda', torch.cuda.is_avai
 
 # 1. The step alone: online/cached SSWA, plain KD, Grad-CAM; fp32 (TF32 as PyTorch's default), bf16, fp16;
 #    the matching overhead at each precision; the profiler table of the bf16 step.
-step throughput 150 '^\||^device|overhead' benchmarks/gpu_throughput.py "${NET[@]}" --device "$DEV" \
+step throughput 120 '^\||^device|overhead' benchmarks/gpu_throughput.py "${NET[@]}" --device "$DEV" \
     --repeats "$REPEATS"
 # 2. End to end from JPEG files, online teacher, mixed precision and channels_last: today's JPEG path,
 #    the store per item, the store in whole batches, and the same fit over batches held in memory.
-step store_fit 200 'images/s|^ratio|JPEGs' benchmarks/store_speed.py --fit --online "${NET[@]}" \
+step store_fit 150 'images/s|^ratio|JPEGs' benchmarks/store_speed.py --fit --online "${NET[@]}" \
     --workers "$WORKERS" --accelerator "$ACC" "${MIXED[@]}" "${IMAGES[@]}" --repeats 1 --epochs 2 --data "$DATA"
 # 3. Grad-CAM evaluation, batches already on the device: ours fp32 (TF32 off) and bf16, and the reference loop.
-step eval 120 'images/s|speed-up' benchmarks/eval_speed.py --device "$DEV" "${NET[@]}" \
+step eval 90 'images/s|speed-up' benchmarks/eval_speed.py --device "$DEV" "${NET[@]}" \
     --num-images "$EVAL_IMAGES" --precisions bf16-mixed --preload
 # 4. End to end against the code before the store (.base), fp32, from the same JPEG files.
 if [ -d .base/attrpreserve ]; then
-    step vs_commit 200 'median|^ratio|^base' benchmarks/fit_vs_commit.py --base-tree .base --online "${NET[@]}" \
+    step vs_commit 150 'median|^ratio|^base' benchmarks/fit_vs_commit.py --base-tree .base --online "${NET[@]}" \
         --accelerator "$ACC" --workers "$WORKERS" "${IMAGES[@]}" --repeats 1 --epochs 2 --data "$DATA"
 else
     echo "== vs_commit: skipped, no .base/ (see the head of this script)" | tee -a "$SUMMARY"
 fi
 # 5. The step alone with channels_last networks and inputs.
-step throughput_cl 90 '^\||overhead' benchmarks/gpu_throughput.py "${NET[@]}" --device "$DEV" \
+step throughput_cl 60 '^\||overhead' benchmarks/gpu_throughput.py "${NET[@]}" --device "$DEV" \
     --repeats "$REPEATS" --channels-last --precisions fp32 bf16 --no-profile
 # 6. Matching against the authors' way of getting the feature gradients (fp32).
 step matching 60 'ms/step|^ratio' benchmarks/matching_overhead.py "${NET[@]}" --device "$DEV"
