@@ -81,7 +81,7 @@ def child(argv: list[str]) -> None:
     module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1, logger=False,
-                         precision=args.precision,
+                         precision=args.precision, benchmark=args.accelerator != "cpu",  # as the VOC configs
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0,
                          callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer])

@@ -153,7 +153,8 @@ def fit_speed(root: Path, work: Path, args: argparse.Namespace) -> dict[str, lis
             if name == "fit/memory":
                 dm = InMemory(kept.batches)
             trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1,
-                                 precision=args.precision, logger=False, enable_checkpointing=False,
+                                 precision=args.precision, benchmark=args.accelerator != "cpu",  # as the VOC configs
+                                 logger=False, enable_checkpointing=False,
                                  enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                                  num_sanity_val_steps=0,
                                  callbacks=[AttributionMatching(mode="sswa", weight=100.0), timer, *extra])
