@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size, as the VOC configs' Trainer(benchmark=True)
     torch.manual_seed(0)
     teacher = create_model(args.arch, num_classes=args.num_classes, width_divisor=args.teacher_divisor)
     student = create_model(args.arch, num_classes=args.num_classes, width_divisor=args.student_divisor)
