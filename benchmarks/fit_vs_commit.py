@@ -22,6 +22,7 @@ workers and against the base's best row.
   python benchmarks/fit_vs_commit.py --commit 5661e2a --online --arch vgg16 --image-size 227 --batch-size 64 \
       --accelerator gpu --workers 8 --num-images 2048 --min-side 300 --max-side 500   # on a GPU
   python benchmarks/fit_vs_commit.py --base-tree .base ...       # the earlier code from a folder
+  python benchmarks/fit_vs_commit.py --commit 5661e2a --online --now-precision bf16-mixed --now-channels-last
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def child(argv: list[str]) -> None:
     parser.add_argument("--arch", required=True)
     parser.add_argument("--accelerator", required=True)
     parser.add_argument("--precision", required=True)
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, args.src)
     import torch
@@ -78,7 +80,9 @@ def child(argv: list[str]) -> None:
                        pin_memory=None, **extra)  # None: pinned where CUDA is
     torch.manual_seed(0)
     teacher = create_model(args.arch, num_classes=20).eval()
-    module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01)
+    extra_module = {"channels_last": True} if args.channels_last else {}  # this tree only
+    module = DistillationModule(teacher, create_model(args.arch, num_classes=20, width_divisor=8), lr=0.01,
+                                **extra_module)
     timer = EpochTimer()
     trainer = pl.Trainer(max_epochs=args.epochs + 1, accelerator=args.accelerator, devices=1, logger=False,
                          precision=args.precision, benchmark=args.accelerator != "cpu",  # as the VOC configs
@@ -89,12 +93,13 @@ def child(argv: list[str]) -> None:
     print("RESULT " + json.dumps({"rates": timer.rates[1:], "threads": torch.get_num_threads()}))
 
 
-def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: argparse.Namespace) -> list[float]:
+def _fit(src: Path, root: Path, work: Path, store: bool, workers: int, args: argparse.Namespace,
+         precision: str, channels_last: bool) -> list[float]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--src", str(src), "--root", str(root),
                "--work", str(work), "--workers", str(workers), "--epochs", str(args.epochs),
                "--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--arch", args.arch,
-               "--accelerator", args.accelerator, "--precision", args.precision]
-    command += ["--store"] * store + ["--online"] * args.online
+               "--accelerator", args.accelerator, "--precision", precision]
+    command += ["--store"] * store + ["--online"] * args.online + ["--channels-last"] * channels_last
     command += ["--threads", str(args.threads)] if args.threads else []
     # the child puts `src` first on sys.path and checks where attrpreserve came from
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                         "is its /8)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu)")
     parser.add_argument("--precision", default="32-true", help="Lightning precision of every fit (32-true, bf16-mixed)")
+    parser.add_argument("--now-precision", default=None, help="this tree's fits only (default: --precision)")
+    parser.add_argument("--now-channels-last", action="store_true", help="this tree's fits: channels_last networks")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-images", type=int, default=1600)
@@ -148,13 +155,14 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
         root = make_voc_folder(Path(args.data) if args.data else tmp / "data", args.num_images, args.min_side,
                                args.max_side)
-        rows = [(f"base/jpeg/w{w}", base, False, w, tmp / "work_base") for w in args.workers]
-        rows += [(f"now/{kind}/w{w}", repo, kind == "store", w, tmp / "work_now") for w in args.workers
+        now = (args.now_precision or args.precision, args.now_channels_last)
+        rows = [(f"base/jpeg/w{w}", base, False, w, tmp / "work_base", (args.precision, False)) for w in args.workers]
+        rows += [(f"now/{kind}/w{w}", repo, kind == "store", w, tmp / "work_now", now) for w in args.workers
                  for kind in ("jpeg", "store")]
         rates: dict[str, list[float]] = {name: [] for name, *_ in rows}
         for _ in range(args.repeats):
-            for name, src, store, workers, work in rows:
-                rates[name] += _fit(src, root, work, store, workers, args)
+            for name, src, store, workers, work, (precision, channels_last) in rows:
+                rates[name] += _fit(src, root, work, store, workers, args, precision, channels_last)
                 print(f"  {name:16s} {' '.join(f'{r:.0f}' for r in rates[name])} images/s", flush=True)
     finally:
         if args.base_tree is None:
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
         shutil.rmtree(tmp, ignore_errors=True)
     teacher = "online teacher" if args.online else "teacher from the 8-view cache"
     print(f"base {label} vs this tree; SSWA fit, {args.arch} -> /8 on {args.accelerator} "
-          f"({args.precision}), {teacher}; "
+          f"(base {args.precision}; this tree {now[0]}, channels_last={now[1]}), {teacher}; "
           f"{args.num_images} JPEGs "
           f"{args.min_side}-{args.max_side} px, image_size {args.image_size}, batch {args.batch_size}, threads "
           f"{args.threads or 'default'}; images/s of {args.epochs} epochs x {args.repeats} fits after a warm-up epoch")
