@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--arch", default="vgg_small", choices=["vgg_small", "vgg16"], help="teacher (the student "
                         "is its /8)")
     parser.add_argument("--accelerator", default="cpu", help="Lightning accelerator (cpu, gpu)")
-    parser.add_argument("--precision", default="32-true", help="Lightning precision of every fit (32-true, bf16-mixed)")
+    parser.add_argument("--precision", default="32-true", help="Lightning precision of the fits (32-true, "
+                        "bf16-mixed); this tree's: --now-precision")
     parser.add_argument("--now-precision", default=None, help="this tree's fits only (default: --precision)")
     parser.add_argument("--now-channels-last", action="store_true", help="this tree's fits: channels_last networks")
     parser.add_argument("--image-size", type=int, default=64)
@@ -144,12 +145,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
                                 capture_output=True, text=True)
         if commit.returncode:
             raise ValueError(f"Expected argument `--commit` to name a commit of {repo}, but got {args.commit!r}.")
-        label = commit.stdout.strip()[:10]
+        sha = commit.stdout.strip()
+        label = sha[:10]
     tmp = Path(tempfile.mkdtemp(prefix="fit_vs_commit_"))
     try:
         if args.base_tree is None:
             base = tmp / "base"
-            subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), label], cwd=repo, check=True)
+            subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(base), sha], cwd=repo, check=True)
         sys.path.insert(0, str(HERE))
         from voc_folder import make_voc_folder
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from attrpreserve.attribution.maps import full_precision
 from attrpreserve.attribution.methods import attribute, attribution_scope, get_method, predict_and_attribute
 from attrpreserve.evaluation.checks import (
     check_batch, check_extras, check_flag, check_methods, check_positive_int, check_protocol,
@@ -214,7 +215,7 @@ class AttributionEvaluator(nn.Module):
         scorable, present = (t.to(device) for t in ground_truth(batch, self.num_classes))
         with attribution_scope(model, teacher):
             logits, image_index, classes, shared = self._predict(model, images, scorable)
-            self.predictive.update(logits.float().sigmoid(), labels.round().int())  # fp32 under autocast
+            self.predictive.update(full_precision(logits).sigmoid(), labels.round().int())  # fp32 under autocast
             self.counts.update(images.shape[0], image_index.numel(), int(present.sum()) - image_index.numel())
             if image_index.numel() == 0:
                 return

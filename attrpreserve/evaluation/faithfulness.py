@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from attrpreserve.attribution.maps import full_precision
+
 MODES = ("deletion", "insertion")
 
 
@@ -63,7 +65,7 @@ def _stage_logits(model: nn.Module, images: Tensor, rank: Tensor, steps: int, mo
         for start in range(0, index.numel(), chunk):
             rows = slice(start, start + chunk)
             logits.append(model(torch.where(keep[rows], images[index[rows]], blank)))
-    flat = torch.cat(logits).float()  # scores in float32 under autocast
+    flat = full_precision(torch.cat(logits))  # scores in float32 under autocast
     whole, staged = flat[:n], flat[n:].reshape(len(modes), n, steps - 1, empty.numel())
     ends = {"deletion": (whole, empty.expand_as(whole)), "insertion": (empty.expand_as(whole), whole)}
     return {mode: torch.cat([ends[mode][0][:, None], staged[i], ends[mode][1][:, None]], dim=1)
